@@ -1,0 +1,43 @@
+# waconv — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-test run test lint bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv if missing and install waconv into it
+
+install-test: $(VENV)/.installed-test
+
+run: install  ## migrate the database and serve the app + a dispatcher on $(HOST):$(PORT)
+	$(BIN)/waconv db upgrade
+	$(BIN)/waconv serve --host $(HOST) --port $(PORT)
+
+test: install-test  ## run the whole suite (also on PostgreSQL when WACONV_TEST_POSTGRES_URL is set)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test  ## ruff, format check and mypy
+	$(BIN)/ruff check waconv tests migrations bench wsgi.py
+	$(BIN)/ruff format --check waconv tests migrations bench wsgi.py
+	$(BIN)/mypy
+
+bench: install-test  ## benchmarks; writes bench/RESULTS.md
+	$(BIN)/python -m bench

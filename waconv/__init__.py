@@ -1,0 +1,53 @@
+"""waconv: WhatsApp click-to-WhatsApp conversations to Meta Conversions API events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from waconv.config import Settings, load_settings, require
+from waconv.services import Services
+
+log = logging.getLogger(__name__)
+
+# Meta: "Webhook payloads can be up to 3 MB."
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+
+
+def create_app(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    require_secrets: bool = True,
+) -> Flask:
+    """Build the app: settings, database, rules, blueprints, error handlers. Nothing else."""
+    from waconv.admin.views import bp as admin_bp
+    from waconv.errors import register_error_handlers
+    from waconv.health import bp as health_bp
+    from waconv.logs import configure_logging
+    from waconv.webhooks.views import bp as webhooks_bp
+
+    settings = settings or load_settings(overrides=overrides)
+    if require_secrets:
+        # Without these the webhook cannot tell Meta from a forger.
+        require(settings, "verify_token", "app_secret")
+    configure_logging(settings)
+    if settings.test_event_code:
+        log.warning(
+            "config.test_event_code: WACONV_TEST_EVENT_CODE is set; Meta counts test events "
+            "in Events Manager and for ads measurement, so unset it in production"
+        )
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["waconv"] = Services.build(settings)
+
+    app.register_blueprint(webhooks_bp)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(admin_bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,187 @@
+"""The ``waconv`` command: one click group; commands stay thin and call the services."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from waconv.config import ConfigError, Settings, load_settings
+from waconv.services import Services
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(click.ClickException):
+    """A one-line reason on stderr and exit code 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def fail_cleanly(func: F) -> F:
+    """Turn configuration and rules errors into one line on stderr, exit 1."""
+    from waconv.rules import RulesError
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, RulesError) as exc:
+            raise Failure(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_and_services() -> tuple[Settings, Services]:
+    from waconv.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings)
+    return settings, Services.build(settings)
+
+
+@click.group()
+def main() -> None:
+    """waconv: WhatsApp click-to-WhatsApp conversations to Meta Conversions API events."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@fail_cleanly
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema."""
+    from waconv import schema
+
+    _, services = settings_and_services()  # also refuses a malformed rules file
+    try:
+        schema.upgrade(services.db.engine)
+    finally:
+        services.close()
+    click.echo("database is at the newest schema")
+
+
+@db.command("check")
+@fail_cleanly
+def db_check() -> None:
+    """Fail when the models and the migrations disagree."""
+    from alembic.util.exc import CommandError
+
+    from waconv import schema
+
+    _, services = settings_and_services()
+    try:
+        schema.check(services.db.engine)
+    except CommandError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        services.close()
+    click.echo("models and migrations agree")
+
+
+@main.group()
+def webhooks() -> None:
+    """Stored webhook deliveries."""
+
+
+@webhooks.command("replay")
+@click.option("--id", "ids", type=int, multiple=True, help="Delivery id (repeatable).")
+@click.option("--failed", "all_failed", is_flag=True, help="Every delivery whose processing failed.")
+@fail_cleanly
+def webhooks_replay(ids: tuple[int, ...], all_failed: bool) -> None:
+    """Process stored deliveries again (items already recorded are skipped)."""
+    from waconv.webhooks.ingest import replay
+
+    if not ids and not all_failed:
+        raise click.UsageError("give --id ID or --failed")
+    _, services = settings_and_services()
+    try:
+        results = replay(services, ids=ids, all_failed=all_failed)
+    finally:
+        services.close()
+    failures = 0
+    for result in results:
+        if result.ok:
+            click.echo(f"delivery {result.delivery_id}: processed")
+        else:
+            failures += 1
+            click.echo(f"delivery {result.delivery_id}: failed: {result.error}")
+    click.echo(f"{len(results)} replayed, {failures} failed")
+    if failures:
+        sys.exit(1)
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="Address to bind (default HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default PORT or 8000).")
+@click.option("--no-dispatcher", is_flag=True, help="Serve only; send nothing to Meta.")
+@fail_cleanly
+def serve(host: str | None, port: int | None, no_dispatcher: bool) -> None:
+    """The app and a dispatcher beside it, for development (production: gunicorn)."""
+    from waconv.devserver import run_dev_server
+
+    run_dev_server(host=host, port=port, dispatcher=not no_dispatcher)
+
+
+@main.command("dispatch")
+@click.option("--once", is_flag=True, help="Send what is due now, then exit.")
+@click.option(
+    "--max-seconds",
+    type=float,
+    default=None,
+    help="With --once: stop starting new batches after this long.",
+)
+@fail_cleanly
+def dispatch(once: bool, max_seconds: float | None) -> None:
+    """Send conversion events to Meta: due ones once (--once), or forever until SIGTERM."""
+    import signal
+    import threading
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from waconv.conversions.dispatcher import Dispatcher
+
+    _, services = settings_and_services()
+    dispatcher = Dispatcher(services)
+    try:
+        if once:
+            try:
+                stats = dispatcher.run_once(max_seconds=max_seconds)
+            except SQLAlchemyError as exc:
+                raise Failure(f"cannot reach the database: {type(exc).__name__}") from None
+            click.echo(
+                f"sent {stats.sent}, retrying {stats.retried}, failed {stats.failed}, "
+                f"expired {stats.expired}, held {stats.held} in {stats.requests} requests"
+            )
+            for waba_id in stats.paused_accounts:
+                click.echo(f"account {waba_id} paused; see `waconv accounts list`", err=True)
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        dispatcher.run_forever(stop)
+    finally:
+        services.close()
+
+
+def _register_feature_commands() -> None:
+    from waconv.accounts.commands import register as register_accounts
+    from waconv.admin.commands import register as register_admin
+
+    register_accounts(main)
+    register_admin(main)
+
+
+_register_feature_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,199 @@
+"""Settings: defaults, then ``WACONV_*`` environment, then explicit overrides; validated once.
+
+Nothing here runs at import time. ``load_settings()`` is called by ``create_app()`` and by the
+CLI, and every error names the variable the operator has to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATABASE_URL = "sqlite:///instance/waconv.sqlite3"
+DEV_SECRETS_FILE = Path("instance") / "dev-secrets.json"
+# Secrets `make run` generates for a fresh clone; production sets them in the environment.
+DEV_SECRET_NAMES = ("verify_token", "app_secret", "secret_key")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    verify_token: str = ""
+    app_secret: str = ""
+    access_token: str = ""
+    waba_id: str = ""
+    dataset_id: str = ""
+    graph_url: str = "https://graph.facebook.com"
+    graph_version: str = "v26.0"
+    secret_key: str = ""
+    admin_token: str = ""
+    partner_agent: str = ""
+    test_event_code: str = ""
+    rules_file: str = "config/rules.toml"
+    retry_base_seconds: float = 5.0
+    # Meta answers most event posts in < 600 ms; a 1,000-event batch can take longer.
+    graph_timeout_seconds: float = 30.0
+    # Send appsecret_proof (HMAC of the token with the app secret) on Graph calls.
+    appsecret_proof: bool = False
+    # Limited Data Use for accounts that do not set their own: "" (off) or "LDU".
+    ldu: bool = False
+    ldu_country: int = 0
+    ldu_state: int = 0
+    # Raw webhook bodies and message texts older than this are removed by `waconv prune`.
+    retention_days: int = 30
+    db_pool_size: int = 5
+    log_level: str = "INFO"
+    # Where the secrets came from, for the start-up banner; never the values.
+    dev_secrets: tuple[str, ...] = field(default=())
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as an operator may see them: secrets replaced by set/unset."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                value = "(set)" if value else "(unset)"
+            out[f.name] = value
+        return out
+
+
+SECRET_FIELDS = frozenset(
+    {"verify_token", "app_secret", "access_token", "secret_key", "admin_token"}
+)
+
+_ENV: dict[str, tuple[str, type]] = {
+    "WACONV_DATABASE_URL": ("database_url", str),
+    "WACONV_VERIFY_TOKEN": ("verify_token", str),
+    "WACONV_APP_SECRET": ("app_secret", str),
+    "WACONV_ACCESS_TOKEN": ("access_token", str),
+    "WACONV_WABA_ID": ("waba_id", str),
+    "WACONV_DATASET_ID": ("dataset_id", str),
+    "WACONV_GRAPH_URL": ("graph_url", str),
+    "WACONV_GRAPH_VERSION": ("graph_version", str),
+    "WACONV_SECRET_KEY": ("secret_key", str),
+    "WACONV_ADMIN_TOKEN": ("admin_token", str),
+    "WACONV_PARTNER_AGENT": ("partner_agent", str),
+    "WACONV_TEST_EVENT_CODE": ("test_event_code", str),
+    "WACONV_RULES_FILE": ("rules_file", str),
+    "WACONV_RETRY_BASE_SECONDS": ("retry_base_seconds", float),
+    "WACONV_GRAPH_TIMEOUT_SECONDS": ("graph_timeout_seconds", float),
+    "WACONV_APPSECRET_PROOF": ("appsecret_proof", bool),
+    "WACONV_LDU": ("ldu", bool),
+    "WACONV_LDU_COUNTRY": ("ldu_country", int),
+    "WACONV_LDU_STATE": ("ldu_state", int),
+    "WACONV_RETENTION_DAYS": ("retention_days", int),
+    "WACONV_DB_POOL_SIZE": ("db_pool_size", int),
+    "WACONV_LOG_LEVEL": ("log_level", str),
+}
+_FIELD_TO_ENV = {name: var for var, (name, _) in _ENV.items()}
+
+
+def env_name(field_name: str) -> str:
+    return _FIELD_TO_ENV.get(field_name, field_name)
+
+
+def _convert(var: str, raw: str, kind: type) -> Any:
+    raw = raw.strip()
+    if kind is str:
+        return raw
+    if kind is bool:
+        lowered = raw.lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{var} must be true or false, not {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a {kind.__name__}, not {raw!r}") from None
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    dev_secrets_file: Path | None = None,
+) -> Settings:
+    """Build and validate the settings.
+
+    Secrets missing from the environment are taken from ``instance/dev-secrets.json`` when that
+    file exists (written by ``waconv serve`` on a fresh clone), so ``gunicorn wsgi:app`` run
+    after ``make run`` works locally too.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var, (name, kind) in _ENV.items():
+        if var in environ and environ[var].strip() != "":
+            values[name] = _convert(var, environ[var], kind)
+    dev_file = DEV_SECRETS_FILE if dev_secrets_file is None else dev_secrets_file
+    from_dev: list[str] = []
+    if dev_file.exists():
+        stored = json.loads(dev_file.read_text())
+        for name in DEV_SECRET_NAMES:
+            if not values.get(name) and stored.get(name):
+                values[name] = stored[name]
+                from_dev.append(name)
+    values["dev_secrets"] = tuple(from_dev)
+    values.update(overrides or {})
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    if not s.database_url.startswith(("sqlite", "postgresql")):
+        raise ConfigError(
+            f"WACONV_DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL, "
+            f"not {s.database_url.split(':', 1)[0]!r}"
+        )
+    if not s.graph_url.startswith(("http://", "https://")):
+        raise ConfigError("WACONV_GRAPH_URL must start with http:// or https://")
+    if not (s.graph_version.startswith("v") and s.graph_version[1:].replace(".", "").isdigit()):
+        raise ConfigError(f"WACONV_GRAPH_VERSION must look like v26.0, not {s.graph_version!r}")
+    if s.retry_base_seconds <= 0:
+        raise ConfigError("WACONV_RETRY_BASE_SECONDS must be greater than 0")
+    if s.graph_timeout_seconds <= 0:
+        raise ConfigError("WACONV_GRAPH_TIMEOUT_SECONDS must be greater than 0")
+    if s.retention_days < 1:
+        raise ConfigError("WACONV_RETENTION_DAYS must be at least 1")
+    for name in ("waba_id", "dataset_id"):
+        value = getattr(s, name)
+        if value and not value.isdigit():
+            raise ConfigError(f"{env_name(name)} must be a numeric Meta id, not {value!r}")
+
+
+def require(s: Settings, *names: str) -> None:
+    """Refuse to go on without these settings (used where a secret is indispensable)."""
+    missing = [env_name(n) for n in names if not getattr(s, n)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set")
+
+
+def ensure_dev_secrets(path: Path | None = None) -> dict[str, str]:
+    """Generate the dev secrets once (``make run`` on a fresh clone) and return them."""
+    path = DEV_SECRETS_FILE if path is None else path
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        if all(stored.get(n) for n in DEV_SECRET_NAMES):
+            return stored
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generated = {
+        "verify_token": secrets.token_urlsafe(24),
+        "app_secret": secrets.token_hex(16),
+        "secret_key": secrets.token_urlsafe(32),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(generated, fh, indent=2)
+    return generated

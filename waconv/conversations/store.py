@@ -1,0 +1,263 @@
+"""The conversation store: who talks to which business number, and which ad click brought them.
+
+A conversation is keyed by the business phone number and the user, who is known by ``wa_id``
+(phone-based), by the business-scoped ``user_id`` (2026 BSUID; the only id when the number is
+withheld), or both.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from waconv.clock import isoformat
+from waconv.db import insert_or_ignore
+from waconv.models import Account, Click, Conversation, Message
+
+# The ad fields the admin API shows and the conversation keeps for its latest click.
+AD_FIELDS = (
+    "source_id",
+    "source_type",
+    "source_url",
+    "headline",
+    "body",
+    "media_type",
+    "image_url",
+    "video_url",
+    "thumbnail_url",
+)
+
+
+def ensure_account(session: Session, waba_id: str) -> None:
+    """A WABA first seen in a webhook is registered with the default settings."""
+    insert_or_ignore(session, Account, {"waba_id": waba_id, "status": Account.ACTIVE})
+
+
+def _find(
+    session: Session, phone_number_id: str, wa_id: str | None, user_id: str | None
+) -> Conversation | None:
+    if user_id:
+        found = session.scalar(
+            select(Conversation).where(
+                Conversation.phone_number_id == phone_number_id, Conversation.user_id == user_id
+            )
+        )
+        if found is not None:
+            return found
+    if wa_id:
+        return session.scalar(
+            select(Conversation).where(
+                Conversation.phone_number_id == phone_number_id, Conversation.wa_id == wa_id
+            )
+        )
+    return None
+
+
+def _taken(session: Session, phone_number_id: str, column: Any, value: str) -> bool:
+    return (
+        session.scalar(
+            select(Conversation.id).where(
+                Conversation.phone_number_id == phone_number_id, column == value
+            )
+        )
+        is not None
+    )
+
+
+def resolve_conversation(
+    session: Session,
+    *,
+    waba_id: str,
+    phone_number_id: str,
+    display_phone_number: str | None,
+    wa_id: str | None,
+    user_id: str | None,
+    profile_name: str | None = None,
+    username: str | None = None,
+) -> Conversation:
+    """Get or create the conversation; fill in an identifier learnt later."""
+    conversation = _find(session, phone_number_id, wa_id, user_id)
+    if conversation is None:
+        values = {
+            "waba_id": waba_id,
+            "phone_number_id": phone_number_id,
+            "display_phone_number": display_phone_number,
+            "wa_id": wa_id,
+            "user_id": user_id,
+            "profile_name": profile_name,
+            "username": username,
+        }
+        new_id = insert_or_ignore(session, Conversation, values)
+        # None: another delivery created it a moment ago (the insert waited for it).
+        conversation = (
+            session.get(Conversation, new_id)
+            if new_id is not None
+            else _find(session, phone_number_id, wa_id, user_id)
+        )
+        assert conversation is not None
+        return conversation
+    # Learn the missing identifier, unless another conversation already holds it (the user
+    # wrote once with the number only and once with the BSUID only: both stay as they are).
+    if user_id and conversation.user_id is None:
+        if not _taken(session, phone_number_id, Conversation.user_id, user_id):
+            conversation.user_id = user_id
+    if wa_id and conversation.wa_id is None:
+        if not _taken(session, phone_number_id, Conversation.wa_id, wa_id):
+            conversation.wa_id = wa_id
+    if profile_name and conversation.profile_name != profile_name:
+        conversation.profile_name = profile_name
+    if username and conversation.username != username:
+        conversation.username = username
+    if display_phone_number and conversation.display_phone_number is None:
+        conversation.display_phone_number = display_phone_number
+    return conversation
+
+
+def record_activity(conversation: Conversation, at: datetime) -> None:
+    # Meta does not promise order: keep the earliest and the latest seen, whatever came first.
+    if conversation.first_message_at is None or at < conversation.first_message_at:
+        conversation.first_message_at = at
+    if conversation.last_message_at is None or at > conversation.last_message_at:
+        conversation.last_message_at = at
+
+
+def _ad(referral: dict[str, Any]) -> dict[str, Any]:
+    ad = {key: referral.get(key) for key in AD_FIELDS}
+    welcome = referral.get("welcome_message")
+    ad["welcome_message"] = welcome.get("text") if isinstance(welcome, dict) else None
+    return {k: (v if isinstance(v, (str, int, float)) else None) for k, v in ad.items()}
+
+
+def record_click(
+    session: Session,
+    conversation: Conversation,
+    wamid: str,
+    referral: dict[str, Any],
+    at: datetime,
+) -> None:
+    """Keep the referral in the history; make it the conversation's click if it is the latest.
+
+    A referral without ``ctwa_clid`` (ads shown in WhatsApp Status) is kept in the history but
+    never erases a click the conversation already has.
+    """
+    ad = _ad(referral)
+    clid = referral.get("ctwa_clid") if isinstance(referral.get("ctwa_clid"), str) else None
+    click_id = insert_or_ignore(
+        session,
+        Click,
+        {
+            "conversation_id": conversation.id,
+            "message_wamid": wamid,
+            "ctwa_clid": clid or None,
+            **{k: (str(v) if v is not None else None) for k, v in ad.items()},
+            "referral": referral,
+            "clicked_at": at,
+        },
+    )
+    if click_id is None:
+        return
+    if clid:
+        if conversation.clicked_at is None or conversation.ctwa_clid is None or at >= conversation.clicked_at:
+            conversation.ctwa_clid = clid
+            conversation.referral = ad
+            conversation.clicked_at = at
+    elif conversation.ctwa_clid is None:
+        conversation.referral = ad
+        conversation.clicked_at = conversation.clicked_at or at
+
+
+def change_number(session: Session, conversation: Conversation, new_wa_id: str) -> bool:
+    """``user_changed_number``: the user's conversations follow the new wa_id. False on conflict."""
+    old = conversation.wa_id
+    if old == new_wa_id:
+        return True
+    if _taken(session, conversation.phone_number_id, Conversation.wa_id, new_wa_id):
+        return False
+    conversation.wa_id = new_wa_id
+    if old:
+        others = session.scalars(
+            select(Conversation).where(
+                Conversation.waba_id == conversation.waba_id,
+                Conversation.wa_id == old,
+                Conversation.id != conversation.id,
+            )
+        )
+        for other in others:
+            if not _taken(session, other.phone_number_id, Conversation.wa_id, new_wa_id):
+                other.wa_id = new_wa_id
+    return True
+
+
+def conversation_for_click(session: Session, clid: str | None, wamid: str) -> Conversation | None:
+    """The conversation an automatic event speaks of: by its click, else by its message."""
+    if clid:
+        found = session.scalar(
+            select(Conversation)
+            .join(Click, Click.conversation_id == Conversation.id)
+            .where(Click.ctwa_clid == clid)
+            .limit(1)
+        )
+        if found is not None:
+            return found
+        found = session.scalar(select(Conversation).where(Conversation.ctwa_clid == clid).limit(1))
+        if found is not None:
+            return found
+    return session.scalar(
+        select(Conversation).join(Message, Message.conversation_id == Conversation.id).where(
+            Message.wamid == wamid
+        )
+    )
+
+
+def find_conversation(
+    session: Session, user: str, phone_number_id: str | None = None
+) -> Conversation | None:
+    """By wa_id or business-scoped user_id; without a phone number, the most recently active."""
+    query = select(Conversation).where(
+        (Conversation.wa_id == user) | (Conversation.user_id == user)
+    )
+    if phone_number_id:
+        query = query.where(Conversation.phone_number_id == phone_number_id)
+    query = query.order_by(
+        Conversation.last_message_at.desc().nulls_last(), Conversation.id.desc()
+    ).limit(1)
+    return session.scalar(query)
+
+
+def conversation_to_dict(conversation: Conversation) -> dict[str, Any]:
+    referral = conversation.referral
+    return {
+        "wa_id": conversation.wa_id,
+        "user_id": conversation.user_id,
+        "waba_id": conversation.waba_id,
+        "phone_number_id": conversation.phone_number_id,
+        "display_phone_number": conversation.display_phone_number,
+        "profile_name": conversation.profile_name,
+        "username": conversation.username,
+        "ctwa_clid": conversation.ctwa_clid,
+        "referral": dict(referral) if referral else None,
+        "clicked_at": isoformat(conversation.clicked_at),
+        "first_message_at": isoformat(conversation.first_message_at),
+        "last_message_at": isoformat(conversation.last_message_at),
+    }
+
+
+def clicks_of(session: Session, conversation: Conversation) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(Click).where(Click.conversation_id == conversation.id).order_by(Click.clicked_at)
+    )
+    return [
+        {
+            "ctwa_clid": c.ctwa_clid,
+            "source_id": c.source_id,
+            "source_type": c.source_type,
+            "source_url": c.source_url,
+            "headline": c.headline,
+            "clicked_at": isoformat(c.clicked_at),
+            "message_id": c.message_wamid,
+        }
+        for c in rows
+    ]

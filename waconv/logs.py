@@ -1,0 +1,45 @@
+"""Logging set-up: one format, and a filter that blanks any secret that slips into a record."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from waconv.config import SECRET_FIELDS, Settings
+
+REDACTED = "[redacted]"
+# Shorter values are too likely to match ordinary text to be worth blanking.
+MIN_SECRET_LENGTH = 6
+
+
+class RedactSecrets(logging.Filter):
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len)[::-1]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        cleaned = message
+        for secret in self.secrets:
+            cleaned = cleaned.replace(secret, REDACTED)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def configure_logging(settings: Settings, extra_secrets: Iterable[str] = ()) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_waconv", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler._waconv = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    secrets = [getattr(settings, name) for name in SECRET_FIELDS]
+    redactor = RedactSecrets([*secrets, *extra_secrets])
+    for handler in root.handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
+            handler.removeFilter(old)
+        handler.addFilter(redactor)

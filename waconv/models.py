@@ -1,0 +1,255 @@
+"""Every table of waconv, in one place so the schema reads as a whole.
+
+Times are aware UTC (``UTCDateTime``); defaults are callables, never values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from waconv.clock import utcnow
+from waconv.db import Base, BigId, JsonDoc, UTCDateTime
+
+# Meta ids are numeric strings; wamids and click ids are longer opaque strings.
+META_ID = 32
+WAMID = 255
+CLICK_ID = 512
+
+
+class Account(Base):
+    """A WhatsApp Business Account: where its conversions go, with which token."""
+
+    __tablename__ = "accounts"
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    waba_id: Mapped[str] = mapped_column(String(META_ID), unique=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(META_ID))
+    # Fernet token (see waconv.accounts.crypto); never the raw value.
+    access_token_encrypted: Mapped[str | None] = mapped_column(Text)
+    partner_agent: Mapped[str | None] = mapped_column(String(255))
+    # Limited Data Use; None means "the WACONV_LDU default".
+    ldu: Mapped[bool | None] = mapped_column(Boolean)
+    ldu_country: Mapped[int | None] = mapped_column(Integer)
+    ldu_state: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A paused account is probed again from this time on (a fixed env token resumes it).
+    probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dataset_provision_tried_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One signed POST from Meta, stored before the 200."""
+
+    __tablename__ = "webhook_deliveries"
+
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Meta redelivers the same bytes; the hash makes a redelivery a no-op.
+    body_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)  # None once pruned
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=PROCESSED)
+    error: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Conversation(Base):
+    """One user talking to one business phone number, and the ad click that brought them."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("phone_number_id", "wa_id"),
+        UniqueConstraint("phone_number_id", "user_id"),
+        Index("ix_conversations_wa_id_last", "wa_id", "last_message_at"),
+        Index("ix_conversations_user_id_last", "user_id", "last_message_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    waba_id: Mapped[str] = mapped_column(ForeignKey("accounts.waba_id"), index=True)
+    phone_number_id: Mapped[str] = mapped_column(String(META_ID))
+    display_phone_number: Mapped[str | None] = mapped_column(String(32))
+    wa_id: Mapped[str | None] = mapped_column(String(64))
+    # Business-scoped user id (2026): the only identity of users whose number is withheld.
+    user_id: Mapped[str | None] = mapped_column(String(160))
+    username: Mapped[str | None] = mapped_column(String(255))
+    profile_name: Mapped[str | None] = mapped_column(String(255))
+    ctwa_clid: Mapped[str | None] = mapped_column(String(CLICK_ID))
+    # The ad of the latest click (source_id, source_type, source_url, headline, body, media_type…).
+    referral: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    first_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Click(Base):
+    """Every referral seen, the history behind ``Conversation.ctwa_clid``."""
+
+    __tablename__ = "clicks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    message_wamid: Mapped[str] = mapped_column(String(WAMID), unique=True)
+    ctwa_clid: Mapped[str | None] = mapped_column(String(CLICK_ID), index=True)
+    source_id: Mapped[str | None] = mapped_column(String(64))
+    source_type: Mapped[str | None] = mapped_column(String(32))
+    source_url: Mapped[str | None] = mapped_column(Text)
+    headline: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
+    media_type: Mapped[str | None] = mapped_column(String(32))
+    image_url: Mapped[str | None] = mapped_column(Text)
+    video_url: Mapped[str | None] = mapped_column(Text)
+    thumbnail_url: Mapped[str | None] = mapped_column(Text)
+    welcome_message: Mapped[str | None] = mapped_column(Text)
+    referral: Mapped[dict[str, Any]] = mapped_column(JsonDoc)  # as Meta sent it
+    clicked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Message(Base):
+    """An inbound message; the unique wamid makes every redelivery harmless."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_conversation_ts", "conversation_id", "timestamp"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wamid: Mapped[str] = mapped_column(String(WAMID), unique=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What rules match on: text body, button text, reply title, order note. Pruned with age.
+    text: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class MessageStatus(Base):
+    """sent / delivered / read / failed / played of a message the business sent."""
+
+    __tablename__ = "message_statuses"
+    __table_args__ = (UniqueConstraint("wamid", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wamid: Mapped[str] = mapped_column(String(WAMID))
+    status: Mapped[str] = mapped_column(String(32))
+    timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    waba_id: Mapped[str] = mapped_column(String(META_ID))
+    phone_number_id: Mapped[str | None] = mapped_column(String(META_ID))
+    recipient_id: Mapped[str | None] = mapped_column(String(160))
+    errors: Mapped[list[Any] | None] = mapped_column(JsonDoc)
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class AutomaticEvent(Base):
+    """A purchase or lead Meta detected in a CTWA thread (``automatic_events`` field)."""
+
+    __tablename__ = "automatic_events"
+    __table_args__ = (UniqueConstraint("wamid", "event_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    wamid: Mapped[str] = mapped_column(String(WAMID))
+    event_name: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    waba_id: Mapped[str] = mapped_column(String(META_ID))
+    phone_number_id: Mapped[str | None] = mapped_column(String(META_ID))
+    ctwa_clid: Mapped[str | None] = mapped_column(String(CLICK_ID))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookNotice(Base):
+    """What a delivery said that is not a message: errors, unknown fields, unknown items."""
+
+    __tablename__ = "webhook_notices"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    waba_id: Mapped[str | None] = mapped_column(String(META_ID))
+    field: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))  # error | unknown_field | unknown_item
+    code: Mapped[int | None] = mapped_column(Integer)
+    title: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[Any] = mapped_column(JsonDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Conversion(Base):
+    """The outbox: one conversion event, its schedule and its fate."""
+
+    __tablename__ = "conversions"
+    __table_args__ = (
+        Index("ix_conversions_due", "status", "next_attempt_at"),
+        Index("ix_conversions_account_due", "waba_id", "status", "next_attempt_at"),
+    )
+
+    PENDING = "pending"
+    SENDING = "sending"  # leased by a dispatcher until leased_until
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    STATUSES = (PENDING, SENDING, SENT, FAILED, EXPIRED)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Deterministic: the same conversion always yields the same id, so a double enqueue
+    # collides here and Meta never sees one conversion under two ids.
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    waba_id: Mapped[str] = mapped_column(ForeignKey("accounts.waba_id"))
+    dataset_id: Mapped[str | None] = mapped_column(String(META_ID))  # where it was sent
+    conversation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("conversations.id"), index=True
+    )
+    ctwa_clid: Mapped[str] = mapped_column(String(CLICK_ID))
+    event_name: Mapped[str] = mapped_column(String(64))
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    custom_data: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    # Further event fields, e.g. messaging_outcome_data for automatic events.
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    source: Mapped[str] = mapped_column(String(32))  # rule | admin | automatic_event
+    rule_name: Mapped[str | None] = mapped_column(String(128))
+    order_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)  # one sentence for the operator
+    last_error_code: Mapped[int | None] = mapped_column(Integer)
+    last_error_subcode: Mapped[int | None] = mapped_column(Integer)
+    last_error_title: Mapped[str | None] = mapped_column(Text)
+    last_error_message: Mapped[str | None] = mapped_column(Text)
+    last_error_fbtrace_id: Mapped[str | None] = mapped_column(String(128))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
