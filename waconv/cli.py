@@ -173,6 +173,26 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
         services.close()
 
 
+@main.command("prune")
+@click.option("--days", type=int, default=None, help="Retention in days (default WACONV_RETENTION_DAYS).")
+@fail_cleanly
+def prune(days: int | None) -> None:
+    """Remove raw deliveries and message texts older than the retention age."""
+    from waconv.retention import prune as run_prune
+
+    settings, services = settings_and_services()
+    try:
+        stats = run_prune(services, days=days or settings.retention_days)
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        services.close()
+    click.echo(
+        f"pruned {stats.deliveries} delivery bodies, {stats.messages} message texts, "
+        f"{stats.statuses} statuses, {stats.notices} notices"
+    )
+
+
 def _register_feature_commands() -> None:
     from waconv.accounts.commands import register as register_accounts
     from waconv.admin.commands import register as register_admin

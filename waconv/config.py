@@ -28,15 +28,15 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
-    verify_token: str = ""
-    app_secret: str = ""
-    access_token: str = ""
+    verify_token: str = field(default="", repr=False)
+    app_secret: str = field(default="", repr=False)
+    access_token: str = field(default="", repr=False)
     waba_id: str = ""
     dataset_id: str = ""
     graph_url: str = "https://graph.facebook.com"
     graph_version: str = "v26.0"
-    secret_key: str = ""
-    admin_token: str = ""
+    secret_key: str = field(default="", repr=False)
+    admin_token: str = field(default="", repr=False)
     partner_agent: str = ""
     test_event_code: str = ""
     rules_file: str = "config/rules.toml"
@@ -45,7 +45,7 @@ class Settings:
     graph_timeout_seconds: float = 30.0
     # Send appsecret_proof (HMAC of the token with the app secret) on Graph calls.
     appsecret_proof: bool = False
-    # Limited Data Use for accounts that do not set their own: "" (off) or "LDU".
+    # Limited Data Use for accounts that do not set their own.
     ldu: bool = False
     ldu_country: int = 0
     ldu_state: int = 0

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from waconv import create_app
+from waconv.config import ConfigError, ensure_dev_secrets, load_settings
+
+
+def settings(env, tmp_path, **overrides):
+    return load_settings(environ=env, overrides=overrides, dev_secrets_file=tmp_path / "dev.json")
+
+
+def test_defaults(tmp_path):
+    s = settings({}, tmp_path)
+    assert s.database_url == "sqlite:///instance/waconv.sqlite3"
+    assert s.graph_url == "https://graph.facebook.com"
+    assert s.graph_version == "v26.0"
+    assert s.retry_base_seconds == 5.0
+    assert s.rules_file == "config/rules.toml"
+
+
+def test_environment_read(tmp_path):
+    s = settings(
+        {"WACONV_RETRY_BASE_SECONDS": "0.5", "WACONV_WABA_ID": "123", "WACONV_LDU": "true"},
+        tmp_path,
+    )
+    assert s.retry_base_seconds == 0.5
+    assert s.waba_id == "123"
+    assert s.ldu is True
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"WACONV_RETRY_BASE_SECONDS": "soon"}, "WACONV_RETRY_BASE_SECONDS"),
+        ({"WACONV_RETRY_BASE_SECONDS": "0"}, "WACONV_RETRY_BASE_SECONDS"),
+        ({"WACONV_DATABASE_URL": "mysql://x"}, "WACONV_DATABASE_URL"),
+        ({"WACONV_GRAPH_URL": "graph.facebook.com"}, "WACONV_GRAPH_URL"),
+        ({"WACONV_GRAPH_VERSION": "26"}, "WACONV_GRAPH_VERSION"),
+        ({"WACONV_WABA_ID": "abc"}, "WACONV_WABA_ID"),
+        ({"WACONV_APPSECRET_PROOF": "maybe"}, "WACONV_APPSECRET_PROOF"),
+    ],
+)
+def test_bad_values_name_the_variable(env, named, tmp_path):
+    with pytest.raises(ConfigError, match=named):
+        settings(env, tmp_path)
+
+
+def test_app_refuses_to_start_without_secrets(tmp_path):
+    s = settings({"WACONV_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}, tmp_path)
+    with pytest.raises(ConfigError, match="WACONV_VERIFY_TOKEN, WACONV_APP_SECRET"):
+        create_app(settings=s)
+
+
+def test_dev_secrets_generated_once_and_used(tmp_path):
+    path = tmp_path / "instance" / "dev-secrets.json"
+    first = ensure_dev_secrets(path)
+    assert ensure_dev_secrets(path) == first
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    s = load_settings(environ={}, dev_secrets_file=path)
+    assert s.app_secret == first["app_secret"]
+    assert s.dev_secrets == ("verify_token", "app_secret", "secret_key")
+    # the environment wins over the file
+    s = load_settings(environ={"WACONV_APP_SECRET": "from-env"}, dev_secrets_file=path)
+    assert s.app_secret == "from-env"
+    assert json.loads(path.read_text())["app_secret"] == first["app_secret"]
+
+
+def test_redacted_hides_secrets(tmp_path):
+    s = settings({"WACONV_ACCESS_TOKEN": "EAAsecretvalue"}, tmp_path)
+    assert "EAAsecretvalue" not in repr(s.redacted())
+    assert s.redacted()["access_token"] == "(set)"
+
+
+def test_repr_hides_secrets(tmp_path):
+    s = settings({"WACONV_ACCESS_TOKEN": "EAAsecretvalue", "WACONV_APP_SECRET": "appsecret99"}, tmp_path)
+    assert "EAAsecretvalue" not in repr(s)
+    assert "appsecret99" not in repr(s)

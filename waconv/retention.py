@@ -1,0 +1,88 @@
+"""``waconv prune``: forget raw payloads and message texts past the retention age.
+
+Kept: the delivery rows (their body hash keeps redeliveries harmless), message rows (their
+wamid does the same) with type and time, clicks, conversations and every conversion: what
+attribution and audits need. Removed: raw bodies, message texts and payloads, and status and
+notice rows, which carry phone numbers and message content. Deliveries whose processing failed
+keep their body until replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Select, delete, select, update
+
+from waconv.clock import utcnow
+from waconv.models import Message, MessageStatus, WebhookDelivery, WebhookNotice
+from waconv.services import Services
+
+log = logging.getLogger(__name__)
+
+# Rows changed per transaction: keeps locks short on a busy production database.
+CHUNK = 5000
+
+
+@dataclass
+class PruneStats:
+    deliveries: int = 0
+    messages: int = 0
+    statuses: int = 0
+    notices: int = 0
+
+
+def prune(services: Services, *, days: int) -> PruneStats:
+    if days < 1:
+        raise ValueError("retention must be at least 1 day")
+    cutoff = utcnow() - timedelta(days=days)
+    stats = PruneStats()
+    db = services.db
+
+    def chunked(id_query: Select[Any], apply: Callable[[list[int]], Any]) -> int:
+        total = 0
+        while True:
+            with db.transaction() as session:
+                ids = list(session.scalars(id_query.limit(CHUNK)))
+                if not ids:
+                    return total
+                session.execute(apply(ids).execution_options(synchronize_session=False))
+                total += len(ids)
+
+    stats.deliveries = chunked(
+        select(WebhookDelivery.id).where(
+            WebhookDelivery.received_at < cutoff,
+            WebhookDelivery.body.is_not(None),
+            WebhookDelivery.status != WebhookDelivery.FAILED,
+        ),
+        lambda ids: update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(ids))
+        .values(body=None, pruned_at=utcnow()),
+    )
+    stats.messages = chunked(
+        select(Message.id).where(
+            Message.created_at < cutoff,
+            (Message.text.is_not(None)) | (Message.payload.is_not(None)),
+        ),
+        lambda ids: update(Message).where(Message.id.in_(ids)).values(text=None, payload=None),
+    )
+    stats.statuses = chunked(
+        select(MessageStatus.id).where(MessageStatus.created_at < cutoff),
+        lambda ids: delete(MessageStatus).where(MessageStatus.id.in_(ids)),
+    )
+    stats.notices = chunked(
+        select(WebhookNotice.id).where(WebhookNotice.created_at < cutoff),
+        lambda ids: delete(WebhookNotice).where(WebhookNotice.id.in_(ids)),
+    )
+    log.info(
+        "retention.pruned days=%s deliveries=%s messages=%s statuses=%s notices=%s",
+        days,
+        stats.deliveries,
+        stats.messages,
+        stats.statuses,
+        stats.notices,
+    )
+    return stats
