@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -121,12 +123,8 @@ def insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> in
     On PostgreSQL a racing insert of the same key waits for the other transaction and then
     yields None, so of two concurrent redeliveries exactly one takes effect.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
     stmt = (
-        dialect_insert(model)
+        (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
         .values(**values)
         .on_conflict_do_nothing()
         .returning(model.id)

@@ -32,7 +32,7 @@ class RedactSecrets(logging.Filter):
 def configure_logging(settings: Settings, extra_secrets: Iterable[str] = ()) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_waconv", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+        handler: logging.Handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         handler._waconv = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -73,9 +73,7 @@ class OutboxCollector(Collector):
                     Conversion.status.in_([Conversion.PENDING, Conversion.SENDING])
                 )
             )
-            paused = s.scalar(
-                select(func.count()).where(Account.status == Account.PAUSED)
-            )
+            paused = s.scalar(select(func.count()).where(Account.status == Account.PAUSED))
             failed_deliveries = s.scalar(
                 select(func.count()).where(WebhookDelivery.status == WebhookDelivery.FAILED)
             )

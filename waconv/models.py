@@ -227,9 +227,7 @@ class Conversion(Base):
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
     waba_id: Mapped[str] = mapped_column(ForeignKey("accounts.waba_id"))
     dataset_id: Mapped[str | None] = mapped_column(String(META_ID))  # where it was sent
-    conversation_id: Mapped[int | None] = mapped_column(
-        ForeignKey("conversations.id"), index=True
-    )
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), index=True)
     ctwa_clid: Mapped[str] = mapped_column(String(CLICK_ID))
     event_name: Mapped[str] = mapped_column(String(64))
     event_time: Mapped[datetime] = mapped_column(UTCDateTime)

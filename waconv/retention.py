@@ -58,9 +58,11 @@ def prune(services: Services, *, days: int) -> PruneStats:
             WebhookDelivery.body.is_not(None),
             WebhookDelivery.status != WebhookDelivery.FAILED,
         ),
-        lambda ids: update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(ids))
-        .values(body=None, pruned_at=utcnow()),
+        lambda ids: (
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(ids))
+            .values(body=None, pruned_at=utcnow())
+        ),
     )
     stats.messages = chunked(
         select(Message.id).where(
