@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from waconv.graph.client import GraphClient
     from waconv.rules import RuleSet
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Services:
@@ -24,10 +26,9 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        from waconv.rules import load_rules
-
+        rules = _load_rules(settings)
         db = Database(settings.database_url, pool_size=settings.db_pool_size)
-        return cls(settings=settings, db=db, rules=load_rules(settings.rules_file))
+        return cls(settings=settings, db=db, rules=rules)
 
     @property
     def graph(self) -> GraphClient:
@@ -45,6 +46,23 @@ class Services:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def _load_rules(settings: Settings) -> RuleSet:
+    """The rules file; a file named explicitly must exist, the default one may be absent."""
+    from pathlib import Path
+
+    from waconv.config import Settings as Defaults
+    from waconv.rules import RuleSet, load_rules
+
+    if settings.rules_file == Defaults.rules_file and not Path(settings.rules_file).exists():
+        log.warning(
+            "rules.missing: %s not found (started outside the project directory?); no rule "
+            "will fire until WACONV_RULES_FILE names a rules file",
+            settings.rules_file,
+        )
+        return RuleSet.empty()
+    return load_rules(settings.rules_file)
 
 
 def current_services() -> Services:
