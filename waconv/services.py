@@ -45,6 +45,9 @@ class Services:
         return self._graph
 
     def close(self) -> None:
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
         self.db.dispose()
 
 
