@@ -1,4 +1,4 @@
-"""Webhook payloads in the shapes Meta documents (see shared/reference/meta-api.md §1–2)."""
+"""Webhook payloads in the shapes Meta documents (see shared/reference/meta-api.md §1-2)."""
 
 from __future__ import annotations
 
@@ -140,3 +140,135 @@ def envelope(*changes: dict[str, Any], waba_id: str = WABA_ID) -> dict[str, Any]
 def delivery(*messages: dict[str, Any], **kw: Any) -> dict[str, Any]:
     """The common case: one entry, one messages change carrying these messages."""
     return envelope(change(messages=list(messages), **kw))
+
+
+# --- Further message types, statuses, errors and automatic events (meta-api.md §1.6, §2) ------
+
+USER_ID = "US.13491208655302741918"  # a business-scoped user id (BSUID, 2026)
+
+
+def media(kind: str, *, caption: str | None = None, **kw: Any) -> dict[str, Any]:
+    """image / audio / video / document / sticker as the Cloud API reference shows them."""
+    shapes: dict[str, dict[str, Any]] = {
+        "image": {"mime_type": "image/jpeg"},
+        "audio": {"mime_type": "audio/ogg; codecs=opus", "voice": True},
+        "video": {"mime_type": "video/mp4"},
+        "document": {"mime_type": "application/pdf", "filename": "menu.pdf"},
+        "sticker": {"mime_type": "image/webp", "animated": False},
+    }
+    block: dict[str, Any] = {
+        **shapes[kind],
+        "sha256": "u2Z5Dj4hmvXKzQ0W4Kb3rLHbYI2J1tqvN7kR0dC4Ngs=",
+        "id": "1003383421387256",
+    }
+    if caption is not None:
+        block["caption"] = caption
+    return message(kind, **{kind: block}, **kw)
+
+
+def location(**kw: Any) -> dict[str, Any]:
+    loc = {
+        "latitude": 37.483307,
+        "longitude": -122.148981,
+        "name": "Philz Coffee",
+        "address": "101 Forest Ave, Palo Alto, CA 94301",
+        "url": "https://philzcoffee.com",
+    }
+    return message("location", location=loc, **kw)
+
+
+def contacts_message(**kw: Any) -> dict[str, Any]:
+    card = {
+        "name": {"formatted_name": "Barbara J. Johnson", "first_name": "Barbara"},
+        "phones": [{"phone": "+1 (650) 555-1234", "wa_id": "16505551234", "type": "WORK"}],
+        "emails": [{"email": "bjohnson@example.com", "type": "WORK"}],
+        "org": {"company": "Lucky Shrub"},
+    }
+    return message("contacts", contacts=[card], **kw)
+
+
+def reaction(message_id: str = "wamid.REACTED", emoji: str = "\U0001f44d", **kw: Any) -> dict:
+    return message("reaction", reaction={"message_id": message_id, "emoji": emoji}, **kw)
+
+
+def unsupported(code: int = 131051, **kw: Any) -> dict[str, Any]:
+    error = {
+        "code": code,
+        "title": "Message type unknown",
+        "message": "Message type unknown",
+        "error_data": {"details": "Message type is currently not supported."},
+    }
+    return message("unsupported", errors=[error], unsupported={"type": "edit"}, **kw)
+
+
+def changed_number(old: str, new: str, **kw: Any) -> dict[str, Any]:
+    system = {
+        "body": f"Sheena Nelson changed from {old} to {new}",
+        "new_wa_id": new,
+        "type": "user_changed_number",
+    }
+    return message("system", wa_id=old, system=system, **kw)
+
+
+def request_welcome(**kw: Any) -> dict[str, Any]:
+    return message("request_welcome", **kw)
+
+
+def status(
+    wamid_: str,
+    state: str,
+    *,
+    ts: int | str = 1750276000,
+    recipient_id: str = "16505551234",
+    pricing: bool = False,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    st: dict[str, Any] = {
+        "id": wamid_,
+        "status": state,
+        "timestamp": str(ts),
+        "recipient_id": recipient_id,
+    }
+    if pricing:
+        st["pricing"] = {
+            "billable": False,
+            "pricing_model": "PMP",
+            "type": "free_entry_point",
+            "category": "referral_conversion",
+        }
+    if errors is not None:
+        st["errors"] = errors
+    return st
+
+
+def error(code: int = 130429, title: str = "Rate limit hit") -> dict[str, Any]:
+    return {
+        "code": code,
+        "title": title,
+        "message": title,
+        "error_data": {"details": "Cloud API message throughput has been reached."},
+        "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+    }
+
+
+def automatic_event(
+    event_name: str = "Purchase",
+    *,
+    id: str | None = None,
+    ts: int = 1739321024,
+    ctwa_clid: str | None = CLICK_ID,
+    custom_data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {"id": id or wamid(), "event_name": event_name, "timestamp": ts}
+    if ctwa_clid is not None:
+        event["ctwa_clid"] = ctwa_clid
+    if custom_data is not None:
+        event["custom_data"] = custom_data
+    return event
+
+
+def account_update_change() -> dict[str, Any]:
+    return {
+        "field": "account_update",
+        "value": {"phone_number": "15550783881", "event": "VERIFIED_ACCOUNT"},
+    }

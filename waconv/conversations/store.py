@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from waconv.clock import isoformat
 from waconv.db import insert_or_ignore
-from waconv.models import Account, Click, Conversation, Message
+from waconv.models import CLICK_ID, Account, Click, Conversation, Message
 
 # The ad fields the admin API shows and the conversation keeps for its latest click.
 AD_FIELDS = (
@@ -39,19 +39,22 @@ def ensure_account(session: Session, waba_id: str) -> None:
 def _find(
     session: Session, phone_number_id: str, wa_id: str | None, user_id: str | None
 ) -> Conversation | None:
+    # FOR UPDATE (PostgreSQL; SQLite serializes writers anyway): a concurrent delivery for the
+    # same conversation waits here and then reads what the other committed. Without it, both
+    # decide from the same old row and the later commit overwrites a newer click or time.
     if user_id:
         found = session.scalar(
-            select(Conversation).where(
-                Conversation.phone_number_id == phone_number_id, Conversation.user_id == user_id
-            )
+            select(Conversation)
+            .where(Conversation.phone_number_id == phone_number_id, Conversation.user_id == user_id)
+            .with_for_update()
         )
         if found is not None:
             return found
     if wa_id:
         return session.scalar(
-            select(Conversation).where(
-                Conversation.phone_number_id == phone_number_id, Conversation.wa_id == wa_id
-            )
+            select(Conversation)
+            .where(Conversation.phone_number_id == phone_number_id, Conversation.wa_id == wa_id)
+            .with_for_update()
         )
     return None
 
@@ -101,12 +104,18 @@ def resolve_conversation(
         return conversation
     # Learn the missing identifier, unless another conversation already holds it (the user
     # wrote once with the number only and once with the BSUID only: both stay as they are).
-    if user_id and conversation.user_id is None:
-        if not _taken(session, phone_number_id, Conversation.user_id, user_id):
-            conversation.user_id = user_id
-    if wa_id and conversation.wa_id is None:
-        if not _taken(session, phone_number_id, Conversation.wa_id, wa_id):
-            conversation.wa_id = wa_id
+    if (
+        user_id
+        and conversation.user_id is None
+        and not _taken(session, phone_number_id, Conversation.user_id, user_id)
+    ):
+        conversation.user_id = user_id
+    if (
+        wa_id
+        and conversation.wa_id is None
+        and not _taken(session, phone_number_id, Conversation.wa_id, wa_id)
+    ):
+        conversation.wa_id = wa_id
     if profile_name and conversation.profile_name != profile_name:
         conversation.profile_name = profile_name
     if username and conversation.username != username:
@@ -128,7 +137,19 @@ def _ad(referral: dict[str, Any]) -> dict[str, Any]:
     ad = {key: referral.get(key) for key in AD_FIELDS}
     welcome = referral.get("welcome_message")
     ad["welcome_message"] = welcome.get("text") if isinstance(welcome, dict) else None
-    return {k: (v if isinstance(v, (str, int, float)) else None) for k, v in ad.items()}
+    return {
+        k: (v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None)
+        for k, v in ad.items()
+    }
+
+
+def _click_column(key: str, value: Any) -> str | None:
+    """An ad field as its ``clicks`` column takes it: text, cut to the column's size."""
+    if value is None:
+        return None
+    text = str(value)
+    length = getattr(Click.__table__.c[key].type, "length", None)
+    return text[:length] if length else text
 
 
 def record_click(
@@ -145,6 +166,8 @@ def record_click(
     """
     ad = _ad(referral)
     clid = referral.get("ctwa_clid") if isinstance(referral.get("ctwa_clid"), str) else None
+    if clid is not None and len(clid) > CLICK_ID:
+        clid = None  # not a click id Meta issued, and no column could hold it
     click_id = insert_or_ignore(
         session,
         Click,
@@ -152,7 +175,7 @@ def record_click(
             "conversation_id": conversation.id,
             "message_wamid": wamid,
             "ctwa_clid": clid or None,
-            **{k: (str(v) if v is not None else None) for k, v in ad.items()},
+            **{k: _click_column(k, v) for k, v in ad.items()},
             "referral": referral,
             "clicked_at": at,
         },
@@ -160,7 +183,11 @@ def record_click(
     if click_id is None:
         return
     if clid:
-        if conversation.clicked_at is None or conversation.ctwa_clid is None or at >= conversation.clicked_at:
+        if (
+            conversation.clicked_at is None
+            or conversation.ctwa_clid is None
+            or at >= conversation.clicked_at
+        ):
             conversation.ctwa_clid = clid
             conversation.referral = ad
             conversation.clicked_at = at
@@ -206,9 +233,9 @@ def conversation_for_click(session: Session, clid: str | None, wamid: str) -> Co
         if found is not None:
             return found
     return session.scalar(
-        select(Conversation).join(Message, Message.conversation_id == Conversation.id).where(
-            Message.wamid == wamid
-        )
+        select(Conversation)
+        .join(Message, Message.conversation_id == Conversation.id)
+        .where(Message.wamid == wamid)
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from waconv.clock import utcnow
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 # Stored with the delivery: enough to tell an operator what broke without a traceback.
 MAX_ERROR_LENGTH = 2000
+# Two deliveries touching the same conversations in opposite order deadlock on PostgreSQL; one
+# is chosen as the victim. Its savepoint is retried a few times before the delivery is failed.
+MAX_PROCESS_ATTEMPTS = 4
+LOCK_CONFLICTS = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 
 @dataclass(frozen=True)
@@ -55,28 +60,51 @@ def receive(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveR
     return ReceiveResult("stored" if ok else "processing_failed", delivery_id)
 
 
+def _is_lock_conflict(exc: Exception) -> bool:
+    """PostgreSQL chose this transaction as a deadlock victim (or a serialization loser)."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in LOCK_CONFLICTS
+
+
 def _process(
     services: Services, session: Session, delivery_id: int, payload: dict[str, Any]
 ) -> bool:
     """Process inside a savepoint; record the outcome on the delivery row. True when it worked."""
-    try:
-        with session.begin_nested():
-            items = process_payload(session, services, delivery_id, payload)
-    except Exception as exc:
-        log.exception("webhook.delivery.processing_failed delivery_id=%s", delivery_id)
-        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id)
-            .values(status=WebhookDelivery.FAILED, error=error, processed_at=utcnow())
-        )
-        return False
+    attempt = 1
+    while True:
+        try:
+            with session.begin_nested():
+                items = process_payload(session, services, delivery_id, payload)
+            break
+        except Exception as exc:
+            if attempt < MAX_PROCESS_ATTEMPTS and _is_lock_conflict(exc):
+                # Rolling back the savepoint released its locks; the other delivery goes on,
+                # and the retry sees what it committed (its messages are then no-ops here).
+                log.info(
+                    "webhook.delivery.lock_conflict delivery_id=%s attempt=%s",
+                    delivery_id,
+                    attempt,
+                )
+                attempt += 1
+                continue
+            return _record_failure(session, delivery_id, exc)
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id)
         .values(status=WebhookDelivery.PROCESSED, error=None, processed_at=utcnow(), items=items)
     )
     return True
+
+
+def _record_failure(session: Session, delivery_id: int, exc: Exception) -> bool:
+    log.error("webhook.delivery.processing_failed delivery_id=%s", delivery_id, exc_info=exc)
+    # NUL: PostgreSQL text refuses it, and an exception may quote what the payload held.
+    error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH].replace("\x00", "\\x00")
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id)
+        .values(status=WebhookDelivery.FAILED, error=error, processed_at=utcnow())
+    )
+    return False
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,13 @@ from sqlalchemy.orm import Session
 from waconv.clock import from_unix, utcnow
 from waconv.conversations import store
 from waconv.db import insert_or_ignore
-from waconv.models import AutomaticEvent, Message, MessageStatus, WebhookNotice
+from waconv.models import (
+    AutomaticEvent,
+    Conversation,
+    Message,
+    MessageStatus,
+    WebhookNotice,
+)
 from waconv.rules.firing import fire_automatic_event, fire_message_rules
 from waconv.services import Services
 
@@ -29,6 +35,26 @@ MESSAGE_TRIGGER_TYPES = frozenset({"text", "button", "interactive"})
 MEDIA_TYPES = frozenset({"image", "video", "document", "sticker", "audio"})
 
 
+def _length(column: Any) -> int:
+    return int(column.type.length)
+
+
+# Column sizes: a longer value is not Meta's and PostgreSQL would refuse the whole delivery.
+WAMID_MAX = _length(Message.__table__.c.wamid)
+TYPE_MAX = _length(Message.__table__.c.type)
+META_ID_MAX = _length(Conversation.__table__.c.phone_number_id)
+WA_ID_MAX = _length(Conversation.__table__.c.wa_id)
+USER_ID_MAX = _length(Conversation.__table__.c.user_id)
+NAME_MAX = _length(Conversation.__table__.c.profile_name)
+DISPLAY_NUMBER_MAX = _length(Conversation.__table__.c.display_phone_number)
+STATUS_MAX = _length(MessageStatus.__table__.c.status)
+RECIPIENT_MAX = _length(MessageStatus.__table__.c.recipient_id)
+EVENT_NAME_MAX = _length(AutomaticEvent.__table__.c.event_name)
+CLICK_ID_MAX = _length(AutomaticEvent.__table__.c.ctwa_clid)
+FIELD_MAX = _length(WebhookNotice.__table__.c.field)
+INT32 = 2**31  # notice codes are INTEGER columns
+
+
 def _str(value: Any) -> str | None:
     """A non-empty string, or None; numbers Meta sends as strings elsewhere are accepted."""
     if isinstance(value, str):
@@ -36,6 +62,62 @@ def _str(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+def _id(value: Any, limit: int) -> str | None:
+    """An identifier that fits its column, or None (treated as missing: a notice, not a crash)."""
+    text = _str(value)
+    return text if text is not None and len(text) <= limit else None
+
+
+def _clip(value: Any, limit: int) -> str | None:
+    """Descriptive text, cut to its column."""
+    text = _str(value)
+    return text[:limit] if text is not None else None
+
+
+def _code(value: Any) -> int | None:
+    """An error code as the INTEGER column takes it (bools and huge numbers are not codes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -INT32 <= value < INT32:
+        return value
+    return None
+
+
+def _clean(text: str) -> str:
+    """The string itself when a database can store it, else a copy with the offenders replaced."""
+    if text.isascii():
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    cleaned = text.replace("\x00", "\ufffd")
+    try:
+        cleaned.encode("utf-8")
+    except UnicodeEncodeError:
+        cleaned = cleaned.encode("utf-8", "replace").decode("utf-8")
+    return cleaned if cleaned != text else text
+
+
+def _scrub(payload: dict[str, Any]) -> dict[str, Any]:
+    """Make the parsed payload storable, in place: NUL and lone surrogates replaced.
+
+    Both are valid JSON escapes (``\\u0000``, ``\\ud800``) but PostgreSQL refuses NUL in
+    text and jsonb, and neither database driver can encode a lone surrogate. The raw body keeps
+    the original bytes. Iterative, so that nesting the parser accepted cannot overflow here.
+    """
+    stack: list[Any] = [payload]
+    while stack:
+        node = stack.pop()
+        pairs = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, value in pairs:
+            if isinstance(value, str):
+                cleaned = _clean(value)
+                if cleaned is not value:
+                    node[key] = cleaned
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+            if isinstance(key, str):
+                cleaned_key = _clean(key)
+                if cleaned_key is not key:
+                    node[cleaned_key] = node.pop(key)
+    return payload
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -59,7 +141,7 @@ def parse_timestamp(value: Any) -> datetime | None:
 
 def message_text(msg: dict[str, Any]) -> str | None:
     """What rules match: the text, the button label, the reply title, the order note, a caption."""
-    kind = msg.get("type")
+    kind = _str(msg.get("type"))
     if kind == "text":
         return _str(_dict(msg.get("text")).get("body"))
     if kind == "button":
@@ -118,11 +200,14 @@ def process_payload(
 ) -> int:
     """Apply every item of a delivery. Returns how many items were looked at."""
     items = 0
+    payload = _scrub(payload)
     for entry in _list(payload.get("entry")):
         entry = _dict(entry)
-        waba_id = _str(entry.get("id"))
-        if waba_id is None or not waba_id.isdigit():
-            _orphan_notice(session, delivery_id, "entry without a WhatsApp Business Account id", entry)
+        waba_id = _id(entry.get("id"), META_ID_MAX)
+        if waba_id is None or not (waba_id.isascii() and waba_id.isdigit()):
+            _orphan_notice(
+                session, delivery_id, "entry without a WhatsApp Business Account id", entry
+            )
             continue
         store.ensure_account(session, waba_id)
         for change in _list(entry.get("changes")):
@@ -134,10 +219,10 @@ def process_payload(
                 services=services,
                 delivery_id=delivery_id,
                 waba_id=waba_id,
-                field=_str(change.get("field")) or "",
+                field=_clip(change.get("field"), FIELD_MAX) or "",
                 value=value,
-                phone_number_id=_str(metadata.get("phone_number_id")),
-                display_phone_number=_str(metadata.get("display_phone_number")),
+                phone_number_id=_id(metadata.get("phone_number_id"), META_ID_MAX),
+                display_phone_number=_id(metadata.get("display_phone_number"), DISPLAY_NUMBER_MAX),
             )
             items += _process_change(ctx)
     return items
@@ -163,11 +248,10 @@ def _process_change(ctx: ChangeContext) -> int:
             items += 1
         for error in _list(ctx.value.get("errors")):
             error = _dict(error)
-            code = error.get("code")
             ctx.notice(
                 "error",
                 error,
-                code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+                code=_code(error.get("code")),
                 title=_str(error.get("title")),
                 message=_str(error.get("message")),
             )
@@ -205,7 +289,7 @@ def _contact_for(msg: dict[str, Any], contacts: list[dict[str, Any]]) -> dict[st
 def _process_message(
     ctx: ChangeContext, msg: dict[str, Any], contacts: list[dict[str, Any]]
 ) -> None:
-    wamid = _str(msg.get("id"))
+    wamid = _id(msg.get("id"), WAMID_MAX)
     if wamid is None:
         ctx.notice("malformed", msg, message="message without an id")
         return
@@ -213,8 +297,8 @@ def _process_message(
         ctx.notice("malformed", msg, message="message without metadata.phone_number_id")
         return
     contact = _contact_for(msg, contacts)
-    wa_id = _str(msg.get("from")) or _str(contact.get("wa_id"))
-    user_id = _str(msg.get("from_user_id")) or _str(contact.get("user_id"))
+    wa_id = _id(msg.get("from"), WA_ID_MAX) or _id(contact.get("wa_id"), WA_ID_MAX)
+    user_id = _id(msg.get("from_user_id"), USER_ID_MAX) or _id(contact.get("user_id"), USER_ID_MAX)
     if wa_id is None and user_id is None:
         ctx.notice("malformed", msg, message="message with neither a wa_id nor a user_id")
         return
@@ -222,7 +306,7 @@ def _process_message(
     if timestamp is None:
         ctx.notice("malformed", msg, message="message timestamp missing; time of receipt used")
         timestamp = utcnow()
-    kind = _str(msg.get("type")) or "unknown"
+    kind = _clip(msg.get("type"), TYPE_MAX) or "unknown"
     profile = _dict(contact.get("profile"))
 
     conversation = store.resolve_conversation(
@@ -232,8 +316,9 @@ def _process_message(
         display_phone_number=ctx.display_phone_number,
         wa_id=wa_id,
         user_id=user_id,
-        profile_name=_str(profile.get("name")),
-        username=_str(profile.get("username")) or _str(contact.get("username")),
+        profile_name=_clip(profile.get("name"), NAME_MAX),
+        username=_clip(profile.get("username"), NAME_MAX)
+        or _clip(contact.get("username"), NAME_MAX),
     )
     text = message_text(msg)
     message_id = insert_or_ignore(
@@ -264,7 +349,7 @@ def _process_message(
         ctx.notice(
             "unsupported_message",
             msg,
-            code=first.get("code") if isinstance(first.get("code"), int) else None,
+            code=_code(first.get("code")),
             title=_str(first.get("title")),
             message=f"message type {kind!r} kept without action",
         )
@@ -310,7 +395,7 @@ KNOWN_MESSAGE_TYPES = frozenset(
 def _process_system(ctx: ChangeContext, conversation: Any, msg: dict[str, Any]) -> None:
     system = _dict(msg.get("system"))
     if _str(system.get("type")) == "user_changed_number":
-        new_wa_id = _str(system.get("new_wa_id")) or _str(system.get("wa_id"))
+        new_wa_id = _id(system.get("new_wa_id"), WA_ID_MAX) or _id(system.get("wa_id"), WA_ID_MAX)
         if new_wa_id and not store.change_number(ctx.session, conversation, new_wa_id):
             ctx.notice(
                 "identity_conflict",
@@ -320,8 +405,8 @@ def _process_system(ctx: ChangeContext, conversation: Any, msg: dict[str, Any]) 
 
 
 def _process_status(ctx: ChangeContext, status: dict[str, Any]) -> None:
-    wamid = _str(status.get("id"))
-    state = _str(status.get("status"))
+    wamid = _id(status.get("id"), WAMID_MAX)
+    state = _id(status.get("status"), STATUS_MAX)
     if wamid is None or state is None:
         ctx.notice("malformed", status, message="status without id or status")
         return
@@ -335,7 +420,8 @@ def _process_status(ctx: ChangeContext, status: dict[str, Any]) -> None:
             "timestamp": parse_timestamp(status.get("timestamp")),
             "waba_id": ctx.waba_id,
             "phone_number_id": ctx.phone_number_id,
-            "recipient_id": _str(status.get("recipient_id")) or _str(status.get("recipient_user_id")),
+            "recipient_id": _id(status.get("recipient_id"), RECIPIENT_MAX)
+            or _id(status.get("recipient_user_id"), RECIPIENT_MAX),
             "errors": errors if isinstance(errors, list) else None,
             "payload": status,
             "delivery_id": ctx.delivery_id,
@@ -344,13 +430,15 @@ def _process_status(ctx: ChangeContext, status: dict[str, Any]) -> None:
 
 
 def _process_automatic_event(ctx: ChangeContext, event: dict[str, Any]) -> None:
-    wamid = _str(event.get("id"))
-    name = _str(event.get("event_name"))
+    wamid = _id(event.get("id"), WAMID_MAX)
+    name = _id(event.get("event_name"), EVENT_NAME_MAX)
     timestamp = parse_timestamp(event.get("timestamp"))
     if wamid is None or name is None or timestamp is None:
-        ctx.notice("malformed", event, message="automatic event without id, event_name or timestamp")
+        ctx.notice(
+            "malformed", event, message="automatic event without id, event_name or timestamp"
+        )
         return
-    clid = _str(event.get("ctwa_clid"))
+    clid = _id(event.get("ctwa_clid"), CLICK_ID_MAX)
     conversation = store.conversation_for_click(ctx.session, clid, wamid)
     row_id = insert_or_ignore(
         ctx.session,

@@ -23,5 +23,9 @@ def is_valid(app_secret: str, raw_body: bytes, header: str) -> bool:
         raise ValueError("refusing to verify a webhook without an app secret")
     if not header.startswith(PREFIX):
         return False
+    given = header[len(PREFIX) :].strip().lower()
+    if not given.isascii():
+        # compare_digest raises TypeError on non-ASCII str; a forged header is a 403, not a 500.
+        return False
     expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len(PREFIX) :].strip().lower())
+    return hmac.compare_digest(expected, given)
