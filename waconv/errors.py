@@ -36,7 +36,12 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(err: HTTPException) -> Any:
         code = (err.name or "error").lower().replace(" ", "_")
         status = err.code or 500
-        return jsonify({"error": {"code": code, "message": err.description}}), status
+        response = jsonify({"error": {"code": code, "message": err.description}})
+        # Keep what HTTP requires of some errors, e.g. Allow on a 405.
+        for name, value in err.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Any:

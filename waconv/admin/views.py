@@ -1,10 +1,19 @@
-"""The admin JSON API: thin views over the same services the CLI uses."""
+"""The admin JSON API: thin views over the same services the CLI uses.
+
+Each view parses its input, calls :mod:`waconv.admin.service` inside the one transaction it
+owns, and shapes the answer. Refusals are ``APIError``s rendered by the app's error handler.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 
+from waconv.admin import service
 from waconv.admin.auth import require_admin
+from waconv.admin.openapi import openapi_document
 from waconv.conversations import store
 from waconv.errors import APIError
 from waconv.services import current_services
@@ -13,9 +22,42 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(require_admin)
 
 
+def _refuse_constant(name: str) -> None:
+    # NaN and Infinity are not JSON (RFC 8259); Python's parser accepts them, databases do not.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise APIError(400, "invalid_json", "the body is not JSON", field="body") from None
+
+
+def _only_query(*accepted: str) -> None:
+    # A misspelt filter (?stauts=failed) would otherwise silently list everything.
+    unknown = sorted(set(request.args) - set(accepted))
+    if unknown:
+        allowed = f"; accepted: {', '.join(accepted)}" if accepted else ""
+        raise APIError(
+            400,
+            "unknown_parameter",
+            f"unknown query parameter {unknown[0]!r}{allowed}",
+            field=unknown[0],
+        )
+
+
+def _query_text(name: str) -> str | None:
+    value = request.args.get(name)
+    return service.clean_text(name, value) if value is not None else None
+
+
 @bp.get("/conversations/<path:user>")
 def get_conversation(user: str) -> Response:
-    phone_number_id = request.args.get("phone_number_id") or None
+    _only_query("phone_number_id")
+    service.clean_text("user", user)
+    phone_number_id = _query_text("phone_number_id")
     with current_services().db.transaction() as session:
         conversation = store.find_conversation(session, user, phone_number_id)
         if conversation is None:
@@ -23,3 +65,44 @@ def get_conversation(user: str) -> Response:
         body = store.conversation_to_dict(conversation)
         body["clicks"] = store.clicks_of(session, conversation)
     return jsonify(body)
+
+
+@bp.post("/conversions")
+def mark_conversion() -> tuple[Response, int]:
+    _only_query()
+    mark = service.MarkRequest.from_json(_json_body())
+    with current_services().db.transaction() as session:
+        marked = service.mark_conversion(session, mark)
+        body = service.conversion_to_dict(marked.conversion)
+    return jsonify(body), 202 if marked.created else 200
+
+
+@bp.get("/conversions")
+def list_conversions() -> Response:
+    _only_query(*service.LIST_PARAMETERS)
+    query = service.ListQuery.from_args(request.args)
+    with current_services().db.transaction() as session:
+        page = service.list_conversions(session, query)
+        items = [service.conversion_to_dict(c) for c in page.items]
+    return jsonify({"items": items, "next_cursor": page.next_cursor})
+
+
+@bp.get("/conversions/<int:conversion_id>")
+def get_conversion(conversion_id: int) -> Response:
+    _only_query()
+    with current_services().db.transaction() as session:
+        body = service.conversion_to_dict(service.get_conversion(session, conversion_id))
+    return jsonify(body)
+
+
+@bp.post("/conversions/<int:conversion_id>/retry")
+def retry_conversion(conversion_id: int) -> tuple[Response, int]:
+    _only_query()
+    with current_services().db.transaction() as session:
+        body = service.conversion_to_dict(service.retry_conversion(session, conversion_id))
+    return jsonify(body), 202
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())

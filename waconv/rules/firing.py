@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from waconv.clock import utcnow
 from waconv.conversions.events import (
     InvalidConversion,
     automatic_event_custom_data,
@@ -46,6 +47,9 @@ def _fire(
     extra: dict[str, Any] | None = None,
 ) -> str | None:
     """Enqueue what the rule fires; return why it was refused, or None."""
+    # Meta's clock decides when the message was sent; if ours runs behind, the event must not
+    # be refused as "in the future".
+    event_time = min(event_time, utcnow())
     try:
         enqueue(
             session,

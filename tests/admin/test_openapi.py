@@ -1,0 +1,66 @@
+"""GET /admin/openapi.json: the document describes every /admin route, auth and errors."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+
+from tests.admin.conftest import Admin
+
+
+def _shape(path: str) -> str:
+    """/admin/conversions/<int:conversion_id> and /admin/conversions/{id} -> .../{}"""
+    return re.sub(r"<[^>]+>|\{[^}]+\}", "{}", path)
+
+
+def test_document_is_served_with_the_token(admin: Admin) -> None:
+    r = admin.get("/admin/openapi.json")
+    assert r.status_code == 200
+    assert r.mimetype == "application/json"
+    doc = r.json
+    assert doc["openapi"].startswith("3.0")
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the value of WACONV_ADMIN_TOKEN",
+    }
+    assert doc["security"] == [{"bearerAuth": []}]
+    assert doc["components"]["schemas"]["Error"]["required"] == ["error"]
+
+
+def test_every_admin_route_is_documented(app: Flask, admin: Admin) -> None:
+    doc = admin.get("/admin/openapi.json").json
+    routes = {
+        (_shape(rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/admin/")
+        for method in rule.methods or ()
+        if method not in {"HEAD", "OPTIONS"}
+    }
+    documented = {(_shape(path), method) for path, item in doc["paths"].items() for method in item}
+    assert routes == documented
+
+
+def test_every_operation_declares_auth_errors_and_json_answers(admin: Admin) -> None:
+    doc = admin.get("/admin/openapi.json").json
+    for item in doc["paths"].values():
+        for operation in item.values():
+            assert {"401", "503"} <= set(operation["responses"])
+            for status, answer in operation["responses"].items():
+                if "$ref" in answer:
+                    answer = doc["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
+                assert set(answer["content"]) == {"application/json"}, status
+
+
+def test_limits_in_the_document_are_the_ones_enforced(admin: Admin) -> None:
+    doc = admin.get("/admin/openapi.json").json
+    params = {p["name"]: p for p in doc["paths"]["/admin/conversions"]["get"]["parameters"]}
+    assert params["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1000,
+        "default": 100,
+    }
+    assert admin.get("/admin/conversions", limit=1000).status_code == 200
+    assert admin.get("/admin/conversions", limit=1001).status_code == 400
