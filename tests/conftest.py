@@ -78,13 +78,10 @@ def db_url(
 
 def _empty_tables(url: str) -> None:
     engine = make_engine(url)
-    tables = [t.name for t in Base.metadata.sorted_tables]
+    # DELETE beats TRUNCATE on tables this small: TRUNCATE costs ~0.2 s a test on PostgreSQL.
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in reversed(tables):
-                conn.execute(text(f"DELETE FROM {name}"))
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(text(f"DELETE FROM {table.name}"))
     engine.dispose()
 
 

@@ -8,6 +8,7 @@ web worker answers with the truth of the whole deployment.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from waconv.clock import utcnow
 
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from waconv.services import Services
+
+log = logging.getLogger(__name__)
 
 WEBHOOK_DELIVERIES = Counter(
     "waconv_webhook_deliveries",
@@ -62,6 +66,16 @@ class OutboxCollector(Collector):
         self.services = services
 
     def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._collect()
+        except SQLAlchemyError as exc:
+            # /metrics must answer while the database is down: that is when it matters most.
+            log.warning("metrics.database_unavailable %s", type(exc).__name__)
+            yield GaugeMetricFamily(
+                "waconv_database_up", "Whether the database answered this scrape", value=0
+            )
+
+    def _collect(self) -> Iterator[Metric]:
         from waconv.models import Account, Conversion, WebhookDelivery
 
         with self.services.db.transaction() as s:
@@ -77,6 +91,9 @@ class OutboxCollector(Collector):
             failed_deliveries = s.scalar(
                 select(func.count()).where(WebhookDelivery.status == WebhookDelivery.FAILED)
             )
+        yield GaugeMetricFamily(
+            "waconv_database_up", "Whether the database answered this scrape", value=1
+        )
         statuses = GaugeMetricFamily(
             "waconv_conversions", "Conversion events by status", labels=["status"]
         )
