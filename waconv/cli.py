@@ -95,7 +95,9 @@ def webhooks() -> None:
 
 @webhooks.command("replay")
 @click.option("--id", "ids", type=int, multiple=True, help="Delivery id (repeatable).")
-@click.option("--failed", "all_failed", is_flag=True, help="Every delivery whose processing failed.")
+@click.option(
+    "--failed", "all_failed", is_flag=True, help="Every delivery whose processing failed."
+)
 @fail_cleanly
 def webhooks_replay(ids: tuple[int, ...], all_failed: bool) -> None:
     """Process stored deliveries again (items already recorded are skipped)."""
@@ -174,7 +176,9 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
 
 
 @main.command("prune")
-@click.option("--days", type=int, default=None, help="Retention in days (default WACONV_RETENTION_DAYS).")
+@click.option(
+    "--days", type=int, default=None, help="Retention in days (default WACONV_RETENTION_DAYS)."
+)
 @fail_cleanly
 def prune(days: int | None) -> None:
     """Remove raw deliveries and message texts older than the retention age."""
@@ -182,7 +186,7 @@ def prune(days: int | None) -> None:
 
     settings, services = settings_and_services()
     try:
-        stats = run_prune(services, days=days or settings.retention_days)
+        stats = run_prune(services, days=days if days is not None else settings.retention_days)
     except ValueError as exc:
         raise Failure(str(exc)) from None
     finally:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, null, select, update
 
 from waconv.clock import utcnow
 from waconv.models import Message, MessageStatus, WebhookDelivery, WebhookNotice
@@ -43,14 +43,21 @@ def prune(services: Services, *, days: int) -> PruneStats:
     db = services.db
 
     def chunked(id_query: Select[Any], apply: Callable[[list[int]], Any]) -> int:
-        total = 0
+        # One pass in id order (keyset): it ends even if a change left a row still matching.
+        total, last = 0, 0
+        id_column = id_query.selected_columns[0]
         while True:
             with db.transaction() as session:
-                ids = list(session.scalars(id_query.limit(CHUNK)))
+                ids = list(
+                    session.scalars(
+                        id_query.where(id_column > last).order_by(id_column).limit(CHUNK)
+                    )
+                )
                 if not ids:
                     return total
                 session.execute(apply(ids).execution_options(synchronize_session=False))
                 total += len(ids)
+                last = ids[-1]
 
     stats.deliveries = chunked(
         select(WebhookDelivery.id).where(
@@ -69,7 +76,8 @@ def prune(services: Services, *, days: int) -> PruneStats:
             Message.created_at < cutoff,
             (Message.text.is_not(None)) | (Message.payload.is_not(None)),
         ),
-        lambda ids: update(Message).where(Message.id.in_(ids)).values(text=None, payload=None),
+        # null(): a plain None would be stored as the JSON value null, which IS NOT NULL.
+        lambda ids: update(Message).where(Message.id.in_(ids)).values(text=None, payload=null()),
     )
     stats.statuses = chunked(
         select(MessageStatus.id).where(MessageStatus.created_at < cutoff),
