@@ -3,7 +3,8 @@
 One step, per account with due events:
 
 1. claim (short transaction): up to ``MAX_BATCH`` due events, ``FOR UPDATE SKIP LOCKED`` on
-   PostgreSQL, leased with ``leased_until`` and a ``lease_token``; ``attempts`` counts up;
+   PostgreSQL (``BEGIN IMMEDIATE`` serializes claims on SQLite), leased with ``leased_until``
+   and a ``lease_token``; ``attempts`` counts up;
 2. send, with no transaction open;
 3. record (short transaction), only on rows that still carry our lease token.
 
@@ -11,7 +12,14 @@ A batch Meta rejects for an invalid event is split in halves, and each half sent
 events stand alone: they fail with Meta's words, the others go out in the same pass. A
 retryable failure backs off (doubling, jitter, 15-minute cap) but never past the 7-day limit:
 such an event expires with the reason. An account problem (token, permission, dataset) pauses
-that account: its events wait, untouched, until the token is fixed.
+that account: its events wait, untouched (their attempt not counted), until the token is fixed;
+every 5 minutes one event probes whether Meta accepts the account again. Events of an account
+with no usable token or dataset are held with a ``last_error`` naming the command to run.
+
+No event older than Meta's limit is ever sent: claims skip them, every request of a split drops
+the ones that aged meanwhile, and a periodic sweep marks them ``expired``. A dispatcher whose
+lease ran out (stalled in a long split) sends nothing more of that claim: another dispatcher
+owns those events now.
 """
 
 from __future__ import annotations
@@ -24,14 +32,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import BigInteger, and_, any_, bindparam, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from waconv.accounts import registry
-from waconv.accounts.registry import Credentials
+from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
 from waconv.clock import utcnow
+from waconv.config import ConfigError
 from waconv.conversions.events import MAX_EVENT_AGE, build_meta_event
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition, GraphError, classify, operator_message
@@ -44,6 +54,9 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # Meta rejects requests with more events
 # The contract: events leased by a dispatcher that died are due again within 60 seconds.
 LEASE = timedelta(seconds=60)
+# Before each request the lease must outlast the request timeout by this much, else it is
+# extended first (a long split makes many requests under one claim).
+LEASE_SLACK = timedelta(seconds=5)
 MAX_BACKOFF = timedelta(minutes=15)
 JITTER = 0.2  # ±20 % so that retries of many events do not arrive in lock-step
 # An event is not sent when it would reach Meta this close to the 7-day limit.
@@ -51,14 +64,24 @@ SEND_MARGIN = timedelta(minutes=1)
 # Events of an account that cannot send (no token, no dataset) are looked at again after this.
 HOLD_DELAY = timedelta(seconds=60)
 IDLE_POLL_SECONDS = 1.0  # the contract: idle, look for due events at least once a second
+# The sweep that marks stale events `expired` scans every due event; claims skip stale events
+# anyway, so the sweep runs at the start of each run_once and then at most this often.
+EXPIRE_SWEEP_SECONDS = 10.0
 
 
 def backoff(attempts: int, base_seconds: float) -> timedelta:
-    """Delay before attempt ``attempts + 1``: base × 2^(attempts-1), ±20 %, at most 15 min."""
-    raw = base_seconds * (2 ** max(attempts - 1, 0))
+    """Delay after the ``attempts``-th failed attempt: base * 2^(attempts-1), ±20 %, at most
+    15 min (1st failure: base, 2nd: 2 * base, ...)."""
+    # The exponent is bounded: 2**1024 would not fit a float, and 2**30 seconds is past any cap.
+    raw = base_seconds * (2 ** min(max(attempts - 1, 0), 30))
     capped = min(raw, MAX_BACKOFF.total_seconds())
     jittered = capped * random.uniform(1 - JITTER, 1 + JITTER)
     return timedelta(seconds=min(jittered, MAX_BACKOFF.total_seconds()))
+
+
+def send_limit(now: datetime) -> datetime:
+    """Events whose event_time is before this are too old to send now (7 days - margin)."""
+    return now - MAX_EVENT_AGE + SEND_MARGIN
 
 
 @dataclass
@@ -70,6 +93,8 @@ class DispatchStats:
     held: int = 0
     requests: int = 0
     paused_accounts: list[str] = field(default_factory=list)
+    # Exceptions of accounts whose step failed (logged; the other accounts went on).
+    errors: list[Exception] = field(default_factory=list)
 
     def add(self, other: DispatchStats) -> None:
         self.sent += other.sent
@@ -79,20 +104,43 @@ class DispatchStats:
         self.held += other.held
         self.requests += other.requests
         self.paused_accounts.extend(other.paused_accounts)
+        self.errors.extend(other.errors)
 
     @property
     def moved(self) -> int:
         return self.sent + self.retried + self.failed + self.expired + self.held
 
 
+class Row(NamedTuple):
+    """A claimed event: what sending it needs (plain tuple: the hot path reads it often)."""
+
+    id: int
+    event_id: str
+    event_name: str
+    event_time: datetime
+    ctwa_clid: str
+    custom_data: dict[str, Any] | None
+    extra: dict[str, Any] | None
+    attempts: int
+
+
 @dataclass
 class Claimed:
+    """One claim: its lease, its rows (by id) and their Meta events."""
+
     token: str
     leased_until: datetime
-    rows: list[dict[str, Any]]
+    rows: list[Row]
+    events: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # After a lease extension: the ids still leased to us (None: all of them, never extended).
+    owned: set[int] | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        return [r.id for r in self.rows]
 
 
-_CLAIM_COLUMNS = (
+_CLAIM_COLUMNS = (  # in the order of Row's fields
     Conversion.id,
     Conversion.event_id,
     Conversion.event_name,
@@ -111,6 +159,18 @@ def _due(now: datetime) -> Any:
     )
 
 
+def _id_in(ids: Sequence[int], dialect: str) -> Any:
+    """``id IN (...)``; on PostgreSQL ``id = ANY(:array)``: one parameter instead of 1,000,
+    which PostgreSQL parses and plans noticeably faster."""
+    if dialect == "postgresql":
+        return Conversion.id == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
+    return Conversion.id.in_(ids)
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -126,17 +186,21 @@ class Dispatcher:
         self.db = services.db
         self.graph = graph or services.graph
         self.batch_size = batch_size
+        self._swept_at: float | None = None  # time.monotonic() of the last expiry sweep
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run_once(self, *, max_seconds: float | None = None) -> DispatchStats:
         """Send everything due now, then return. Every drain has a deadline."""
-        deadline = time.monotonic() + max_seconds if max_seconds else None
+        deadline = time.monotonic() + max_seconds if max_seconds is not None else None
         total = DispatchStats()
+        self._swept_at = None  # what became stale since the last run expires now
         while True:
             step = self.step()
             total.add(step)
             if step.moved == 0 or (deadline is not None and time.monotonic() > deadline):
+                if total.errors:  # logged already; the caller learns the run was incomplete
+                    raise total.errors[0]
                 return total
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -154,22 +218,29 @@ class Dispatcher:
         log.info("dispatcher.stopped")
 
     def step(self) -> DispatchStats:
-        """One pass: expire what can no longer be sent, then one batch per account with due events."""
+        """One pass: expire what can no longer be sent, then one batch per account with due
+        events."""
         stats = DispatchStats()
-        stats.expired += self._expire_stale()
+        clock = time.monotonic()
+        if self._swept_at is None or clock - self._swept_at >= EXPIRE_SWEEP_SECONDS:
+            stats.expired += self._expire_stale()
+            self._swept_at = clock
         for waba_id in self._accounts_with_due_events():
-            stats.add(self._dispatch_account(waba_id))
+            try:
+                stats.add(self._dispatch_account(waba_id))
+            except Exception as exc:  # one account's trouble must not starve the others
+                log.exception("dispatcher.account_failed waba_id=%s", waba_id)
+                stats.errors.append(exc)
         return stats
 
     # -- state changes --------------------------------------------------------------------------
 
     def _expire_stale(self) -> int:
         now = utcnow()
-        limit = now - MAX_EVENT_AGE + SEND_MARGIN
         with self.db.transaction() as session:
             result = session.execute(
                 update(Conversion)
-                .where(_due(now), Conversion.event_time < limit)
+                .where(_due(now), Conversion.event_time < send_limit(now))
                 .values(
                     status=Conversion.EXPIRED,
                     leased_until=None,
@@ -181,83 +252,120 @@ class Dispatcher:
                 )
                 .execution_options(synchronize_session=False)
             )
-        expired = result.rowcount or 0
+        expired = _rowcount(result)
         if expired:
             CONVERSION_EVENTS.labels(outcome="expired").inc(expired)
             log.warning("conversion.expired count=%s reason=7-day limit", expired)
         return expired
 
     def _accounts_with_due_events(self) -> list[str]:
+        # EXISTS per account: an index probe each, not a scan of every due event.
         now = utcnow()
+        mine = Conversion.waba_id == Account.waba_id
+        pending = exists().where(
+            mine, Conversion.status == Conversion.PENDING, Conversion.next_attempt_at <= now
+        )
+        lapsed = exists().where(
+            mine, Conversion.status == Conversion.SENDING, Conversion.leased_until < now
+        )
         with self.db.transaction() as session:
-            rows = session.execute(
-                select(Conversion.waba_id)
-                .join(Account, Account.waba_id == Conversion.waba_id)
-                .where(
-                    _due(now),
-                    or_(Account.status == Account.ACTIVE, Account.probe_at <= now),
+            return list(
+                session.scalars(
+                    select(Account.waba_id)
+                    .where(
+                        or_(Account.status == Account.ACTIVE, Account.probe_at <= now),
+                        or_(pending, lapsed),
+                    )
+                    .order_by(Account.waba_id)
                 )
-                .distinct()
             )
-            return [r[0] for r in rows]
 
     def _dispatch_account(self, waba_id: str) -> DispatchStats:
         stats = DispatchStats()
+        provision = False
+        claimed: Claimed | None = None
         with self.db.transaction() as session:
             account = registry.get_account(session, waba_id)
             if account is None:
                 return stats
-            creds = registry.credentials(account, self.settings)
-            problem = self._cannot_send(session, account, creds)
-            if problem:
+            creds, problem = self._credentials(account)
+            probing = account.status == Account.PAUSED
+            if creds is not None and creds.dataset_id is None:
+                if account.dataset_provision_tried_at is None:
+                    # Recorded (and committed) before the call: one try, whoever gets here first.
+                    account.dataset_provision_tried_at = utcnow()
+                    provision = True
+                else:
+                    problem = self._no_dataset(waba_id)
+            if problem is not None:
                 stats.held = self._hold(session, waba_id, problem)
                 return stats
-            probing = account.status == Account.PAUSED
-            if creds.dataset_id is None:
-                creds = self._provision(session, account, creds)
+            if not provision:
+                claimed = self._claim(session, waba_id, 1 if probing else self.batch_size)
+        assert creds is not None
+        if provision:
+            # The Graph call happens with no transaction open (SQLite would hold its write lock).
+            creds = self._provision(creds)
+            with self.db.transaction() as session:
                 if creds.dataset_id is None:
-                    stats.held = self._hold(
-                        session,
-                        waba_id,
-                        f"held: WhatsApp Business Account {waba_id} has no dataset; run "
-                        f"`waconv provision-dataset --waba-id {waba_id}`",
-                    )
+                    stats.held = self._hold(session, waba_id, self._no_dataset(waba_id))
                     return stats
-            claimed = self._claim(session, waba_id, 1 if probing else self.batch_size)
+                claimed = self._claim(session, waba_id, 1 if probing else self.batch_size)
+        assert claimed is not None
         if not claimed.rows:
             return stats
-        self._deliver(creds, claimed, claimed.rows, stats, probing=probing)
+        rows = self._build_events(creds, claimed, stats)
+        if rows:
+            self._deliver(creds, claimed, rows, stats, probing=probing)
         return stats
 
-    def _cannot_send(self, session: Session, account: Account, creds: Credentials) -> str | None:
+    def _credentials(self, account: Account) -> tuple[Credentials | None, str | None]:
+        """The account's credentials, or why its events must wait."""
+        try:
+            creds = registry.credentials(account, self.settings)
+        except ConfigError as exc:  # its stored token does not open with this secret key
+            return None, f"held: cannot read the access token of {account.waba_id}: {exc}"
         if creds.token is None:
-            return (
+            return None, (
                 f"held: no access token for WhatsApp Business Account {account.waba_id}; run "
                 f"`waconv accounts set-token --waba-id {account.waba_id}` or set "
                 "WACONV_ACCESS_TOKEN"
             )
-        return None
+        return creds, None
 
-    def _provision(self, session: Session, account: Account, creds: Credentials) -> Credentials:
+    @staticmethod
+    def _no_dataset(waba_id: str) -> str:
+        return (
+            f"held: WhatsApp Business Account {waba_id} has no dataset; run "
+            f"`waconv provision-dataset --waba-id {waba_id}`"
+        )
+
+    def _provision(self, creds: Credentials) -> Credentials:
         """A WABA without a dataset gets one once, automatically, when the token allows it."""
-        if account.dataset_provision_tried_at is not None:
-            return creds
-        account.dataset_provision_tried_at = utcnow()
+        waba_id = creds.waba_id
         assert creds.token is not None
         try:
-            dataset_id = self.graph.create_dataset(account.waba_id, creds.token)
+            dataset_id = self.graph.create_dataset(waba_id, creds.token)
         except GraphError as err:
             GRAPH_REQUESTS.labels(endpoint="dataset", outcome="error").inc()
             log.error(
                 "account.provision_failed waba_id=%s reason=%s",
-                account.waba_id,
-                operator_message(err, waba_id=account.waba_id, action="create the dataset"),
+                waba_id,
+                operator_message(err, waba_id=waba_id, action="create the dataset"),
             )
             return creds
         GRAPH_REQUESTS.labels(endpoint="dataset", outcome="ok").inc()
-        account.dataset_id = dataset_id
-        log.info("account.dataset_provisioned waba_id=%s dataset_id=%s", account.waba_id, dataset_id)
-        return registry.credentials(account, self.settings)
+        with self.db.transaction() as session:
+            account = registry.get_account(session, waba_id)
+            if account is None:
+                return creds
+            if account.dataset_id is None:
+                account.dataset_id = dataset_id
+                log.info(
+                    "account.dataset_provisioned waba_id=%s dataset_id=%s", waba_id, dataset_id
+                )
+            new, _ = self._credentials(account)
+        return new or creds
 
     def _hold(self, session: Session, waba_id: str, reason: str) -> int:
         now = utcnow()
@@ -273,78 +381,131 @@ class Dispatcher:
             )
             .execution_options(synchronize_session=False)
         )
-        held = result.rowcount or 0
+        held = _rowcount(result)
         if held:
             CONVERSION_EVENTS.labels(outcome="held").inc(held)
             log.warning("conversion.held waba_id=%s count=%s reason=%s", waba_id, held, reason)
         return held
 
     def _claim(self, session: Session, waba_id: str, limit: int) -> Claimed:
+        """Lease up to ``limit`` due events of the account: lapsed leases first, then pending
+        ones by due time. Events too old to send are left to the expiry sweep."""
         now = utcnow()
-        query = (
-            select(Conversion.id)
-            .where(Conversion.waba_id == waba_id, _due(now))
-            .order_by(Conversion.next_attempt_at, Conversion.id)
-            .limit(limit)
-        )
-        if self.db.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        ids = list(session.scalars(query))
         token = secrets.token_hex(8)
         leased_until = now + LEASE
-        if not ids:
-            return Claimed(token, leased_until, [])
-        rows = session.execute(
-            update(Conversion)
-            .where(Conversion.id.in_(ids))
-            .values(
-                status=Conversion.SENDING,
-                leased_until=leased_until,
-                lease_token=token,
-                attempts=Conversion.attempts + 1,
-            )
-            .returning(*_CLAIM_COLUMNS)
-            .execution_options(synchronize_session=False)
+        fresh = Conversion.event_time >= send_limit(now)
+        lapsed = select(Conversion.id).where(
+            Conversion.waba_id == waba_id,
+            Conversion.status == Conversion.SENDING,
+            Conversion.leased_until < now,
+            fresh,
         )
-        claimed = [dict(r._mapping) for r in rows]
-        claimed.sort(key=lambda r: r["id"])
-        return Claimed(token, leased_until, claimed)
+        pending = select(Conversion.id).where(
+            Conversion.waba_id == waba_id,
+            Conversion.status == Conversion.PENDING,
+            Conversion.next_attempt_at <= now,
+            fresh,
+        )
+        rows: list[Row] = []
+        # One UPDATE ... WHERE id IN (SELECT ... LIMIT n [FOR UPDATE SKIP LOCKED]) RETURNING
+        # per kind: a single round trip, no list of 1,000 ids. Lapsed leases are few (a
+        # dispatcher died), so their query is cheap; pending ones come oldest-due first.
+        for candidates in (lapsed, pending.order_by(Conversion.next_attempt_at)):
+            wanted = limit - len(rows)
+            if wanted <= 0:
+                break
+            subquery = candidates.limit(wanted)
+            if self.db.dialect == "postgresql":
+                # = ANY(ARRAY(...)): an InitPlan and primary-key lookups. With IN (...) the
+                # planner may hash-join the subquery against a scan of the whole table.
+                locked = subquery.with_for_update(skip_locked=True).scalar_subquery()
+                chosen = Conversion.id == any_(func.array(locked))
+            else:  # BEGIN IMMEDIATE (waconv.db) already serializes claims on SQLite
+                chosen = Conversion.id.in_(subquery.scalar_subquery())
+            rows.extend(
+                Row._make(r)
+                for r in session.execute(
+                    update(Conversion)
+                    .where(chosen)
+                    .values(
+                        status=Conversion.SENDING,
+                        leased_until=leased_until,
+                        lease_token=token,
+                        attempts=Conversion.attempts + 1,
+                    )
+                    .returning(*_CLAIM_COLUMNS)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+        rows.sort(key=lambda r: r.id)
+        return Claimed(token, leased_until, rows)
 
     # -- sending ----------------------------------------------------------------------------------
+
+    def _build_events(
+        self, creds: Credentials, claimed: Claimed, stats: DispatchStats
+    ) -> list[Row]:
+        """Meta's JSON of every claimed event, built once for all the requests of a split. An
+        event that cannot be built fails alone instead of blocking its account's queue."""
+        broken: list[tuple[Row, str]] = []
+        good: list[Row] = []
+        events = claimed.events
+        waba_id, ldu, ldu_country, ldu_state = (
+            creds.waba_id,
+            creds.ldu,
+            creds.ldu_country,
+            creds.ldu_state,
+        )
+        for r in claimed.rows:
+            try:
+                events[r.id] = build_meta_event(
+                    event_name=r.event_name,
+                    event_time=r.event_time,
+                    event_id=r.event_id,
+                    waba_id=waba_id,
+                    ctwa_clid=r.ctwa_clid,
+                    custom_data=r.custom_data,
+                    extra=r.extra,
+                    ldu=ldu,
+                    ldu_country=ldu_country,
+                    ldu_state=ldu_state,
+                )
+            except (TypeError, ValueError) as exc:
+                broken.append((r, f"failed: the event cannot be built for Meta: {exc}"))
+            else:
+                good.append(r)
+        for r, reason in broken:
+            stats.failed += self._finalize(
+                claimed, [r], {"status": Conversion.FAILED, "last_error": reason}, "failed"
+            )
+            log.error("conversion.failed event_ids=%s reason=%s", r.event_id, reason)
+        return good
 
     def _deliver(
         self,
         creds: Credentials,
         claimed: Claimed,
-        rows: Sequence[dict[str, Any]],
+        rows: Sequence[Row],
         stats: DispatchStats,
         *,
         probing: bool = False,
     ) -> bool:
         """Send ``rows``; split on an invalid event. False when the account must stop."""
-        self._keep_lease(claimed)
+        rows = self._keep_lease(claimed, rows)
+        limit = send_limit(utcnow())
+        stale = [r for r in rows if r.event_time < limit]
+        if stale:  # aged past the limit during a long split: Meta would reject the whole batch
+            stats.expired += self._record_expired(claimed, stale)
+            rows = [r for r in rows if r.event_time >= limit]
+        if not rows:
+            return True
         assert creds.token is not None and creds.dataset_id is not None
-        events = [
-            build_meta_event(
-                event_name=r["event_name"],
-                event_time=r["event_time"],
-                event_id=r["event_id"],
-                waba_id=creds.waba_id,
-                ctwa_clid=r["ctwa_clid"],
-                custom_data=r["custom_data"],
-                extra=r["extra"],
-                ldu=creds.ldu,
-                ldu_country=creds.ldu_country,
-                ldu_state=creds.ldu_state,
-            )
-            for r in rows
-        ]
         stats.requests += 1
         try:
             self.graph.send_events(
                 creds.dataset_id,
                 creds.token,
-                events,
+                [claimed.events[r.id] for r in rows],
                 partner_agent=creds.partner_agent,
                 test_event_code=self.settings.test_event_code or None,
             )
@@ -354,78 +515,126 @@ class Dispatcher:
             if disposition is Disposition.INVALID and len(rows) > 1:
                 middle = len(rows) // 2
                 log.info(
-                    "conversion.batch_rejected size=%s splitting; meta=%s", len(rows), err.code_label
+                    "conversion.batch_rejected size=%s splitting; meta=%s",
+                    len(rows),
+                    err.code_label,
                 )
                 if not self._deliver(creds, claimed, rows[:middle], stats):
                     return False
                 return self._deliver(creds, claimed, rows[middle:], stats)
             if disposition is Disposition.INVALID:
-                self._record_failed(claimed, rows, err, creds)
-                stats.failed += len(rows)
+                stats.failed += self._record_failed(claimed, rows, err, creds)
+                if probing:  # Meta read the event: token and dataset are fine again
+                    self._resume(creds.waba_id, "Meta accepted the token again")
             elif disposition is Disposition.ACCOUNT:
-                self._record_account_problem(claimed, rows, err, creds, stats)
+                self._record_account_problem(claimed, err, creds, stats)
                 return False
             else:
                 retried, expired = self._record_retry(claimed, rows, err, creds)
                 stats.retried += retried
                 stats.expired += expired
+                if probing:  # no verdict on the account: ask again later, not event by event
+                    self._postpone_probe(creds.waba_id)
             return True
         GRAPH_REQUESTS.labels(endpoint="events", outcome="ok").inc()
-        self._record_sent(claimed, rows, creds, resumed=probing)
-        stats.sent += len(rows)
+        stats.sent += self._record_sent(claimed, rows, creds)
+        if probing:
+            self._resume(creds.waba_id, "Meta accepted events again")
         return True
 
-    def _keep_lease(self, claimed: Claimed) -> None:
-        """Extend the lease before a call that could outlive it (splits make several calls)."""
-        now = utcnow()
-        needed = timedelta(seconds=self.settings.graph_timeout_seconds + 5)
-        if claimed.leased_until - now >= needed:
-            return
-        claimed.leased_until = now + max(LEASE, needed)
-        with self.db.transaction() as session:
-            session.execute(
-                update(Conversion)
-                .where(Conversion.lease_token == claimed.token)
-                .values(leased_until=claimed.leased_until)
-                .execution_options(synchronize_session=False)
-            )
+    def _keep_lease(self, claimed: Claimed, rows: Sequence[Row]) -> list[Row]:
+        """The ``rows`` still ours, with a lease that outlasts the coming request.
 
-    def _ours(self, claimed: Claimed, rows: Sequence[dict[str, Any]]) -> Any:
-        return and_(
-            Conversion.id.in_([r["id"] for r in rows]), Conversion.lease_token == claimed.token
-        )
-
-    def _record_sent(
-        self,
-        claimed: Claimed,
-        rows: Sequence[dict[str, Any]],
-        creds: Credentials,
-        *,
-        resumed: bool,
-    ) -> None:
+        While the lease has time left nobody else can have taken the events. Otherwise it is
+        extended first, and events another dispatcher claimed after it ran out are dropped
+        (now and for the rest of the claim): sending them again would make Meta count them
+        twice.
+        """
         now = utcnow()
-        with self.db.transaction() as session:
-            session.execute(
-                update(Conversion)
-                .where(self._ours(claimed, rows))
-                .values(
-                    status=Conversion.SENT,
-                    sent_at=now,
-                    dataset_id=creds.dataset_id,
-                    leased_until=None,
-                    lease_token=None,
-                    last_error=None,
+        needed = timedelta(seconds=self.settings.graph_timeout_seconds) + LEASE_SLACK
+        if claimed.leased_until - now < needed:
+            leased_until = now + max(LEASE, needed)
+            with self.db.transaction() as session:
+                # The whole claim (later halves of a split too) gets the longer lease.
+                claimed.owned = set(
+                    session.scalars(
+                        update(Conversion)
+                        .where(
+                            _id_in(claimed.ids, self.db.dialect),
+                            Conversion.lease_token == claimed.token,
+                        )
+                        .values(leased_until=leased_until)
+                        .returning(Conversion.id)
+                        .execution_options(synchronize_session=False)
+                    )
                 )
+            claimed.leased_until = leased_until
+        if claimed.owned is None:
+            return list(rows)
+        kept = [r for r in rows if r.id in claimed.owned]
+        if len(kept) < len(rows):
+            log.warning(
+                "conversion.lease_lost count=%s; another dispatcher took them over",
+                len(rows) - len(kept),
+            )
+        return kept
+
+    def _finalize(
+        self, claimed: Claimed, rows: Sequence[Row], values: dict[str, Any], outcome: str
+    ) -> int:
+        """Set ``values`` on the rows still leased to us; how many that was (a late finalize
+        of a lost lease changes, and counts, nothing)."""
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Conversion)
+                .where(
+                    _id_in([r.id for r in rows], self.db.dialect),
+                    Conversion.lease_token == claimed.token,
+                )
+                .values(leased_until=None, lease_token=None, **values)
                 .execution_options(synchronize_session=False)
             )
-            if resumed:
-                account = registry.get_account(session, creds.waba_id)
-                if account is not None:
-                    registry.resume(account, "Meta accepted events again")
-        CONVERSION_EVENTS.labels(outcome="sent").inc(len(rows))
-        log.info("conversion.sent count=%s dataset_id=%s", len(rows), creds.dataset_id)
+        count = _rowcount(result)
+        if count:
+            CONVERSION_EVENTS.labels(outcome=outcome).inc(count)
+        return count
 
-    def _error_values(self, err: GraphError, creds: Credentials, sentence: str) -> dict[str, Any]:
+    def _record_sent(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
+        values = {
+            "status": Conversion.SENT,
+            "sent_at": utcnow(),
+            "dataset_id": creds.dataset_id,
+            "last_error": None,
+        }
+        count = self._finalize(claimed, rows, values, "sent")
+        log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
+        return count
+
+    def _resume(self, waba_id: str, why: str) -> None:
+        with self.db.transaction() as session:
+            account = registry.get_account(session, waba_id)
+            if account is not None:
+                registry.resume(account, why)
+
+    def _postpone_probe(self, waba_id: str) -> None:
+        with self.db.transaction() as session:
+            account = registry.get_account(session, waba_id)
+            if account is not None and account.status == Account.PAUSED:
+                account.probe_at = utcnow() + PAUSED_PROBE_INTERVAL
+
+    def _record_expired(self, claimed: Claimed, rows: Sequence[Row]) -> int:
+        reason = (
+            "expired: reached Meta's 7-day limit on event_time while its batch was being sent "
+            "(see the previous error in the logs)"
+        )
+        count = self._finalize(
+            claimed, rows, {"status": Conversion.EXPIRED, "last_error": reason}, "expired"
+        )
+        if count:
+            log.warning("conversion.expired count=%s reason=7-day limit", count)
+        return count
+
+    def _error_values(self, err: GraphError, sentence: str) -> dict[str, Any]:
         return {
             "last_error": sentence,
             "last_error_code": err.code,
@@ -433,36 +642,30 @@ class Dispatcher:
             "last_error_title": err.user_title or err.type,
             "last_error_message": err.user_msg or err.message,
             "last_error_fbtrace_id": err.fbtrace_id,
-            "leased_until": None,
-            "lease_token": None,
         }
 
     def _record_failed(
         self,
         claimed: Claimed,
-        rows: Sequence[dict[str, Any]],
+        rows: Sequence[Row],
         err: GraphError,
         creds: Credentials,
-    ) -> None:
+    ) -> int:
         sentence = operator_message(err, waba_id=creds.waba_id)
-        with self.db.transaction() as session:
-            session.execute(
-                update(Conversion)
-                .where(self._ours(claimed, rows))
-                .values(status=Conversion.FAILED, **self._error_values(err, creds, sentence))
-                .execution_options(synchronize_session=False)
+        values = {"status": Conversion.FAILED, **self._error_values(err, sentence)}
+        count = self._finalize(claimed, rows, values, "failed")
+        if count:
+            log.error(
+                "conversion.failed event_ids=%s reason=%s",
+                ",".join(r.event_id for r in rows[:10]),
+                sentence,
             )
-        CONVERSION_EVENTS.labels(outcome="failed").inc(len(rows))
-        log.error(
-            "conversion.failed event_ids=%s reason=%s",
-            ",".join(r["event_id"] for r in rows[:10]),
-            sentence,
-        )
+        return count
 
     def _record_retry(
         self,
         claimed: Claimed,
-        rows: Sequence[dict[str, Any]],
+        rows: Sequence[Row],
         err: GraphError,
         creds: Credentials,
     ) -> tuple[int, int]:
@@ -471,40 +674,30 @@ class Dispatcher:
         sentence = operator_message(err, waba_id=creds.waba_id)
         base = self.settings.retry_base_seconds
         retried = expired = 0
-        with self.db.transaction() as session:
-            # Rows of one batch share attempts in practice; group to keep updates few.
-            by_attempts: dict[int, list[dict[str, Any]]] = {}
-            for r in rows:
-                by_attempts.setdefault(r["attempts"] + 1, []).append(r)
-            for attempts, group in by_attempts.items():
-                next_at = now + backoff(attempts, base)
-                keep = [r for r in group if next_at + SEND_MARGIN < r["event_time"] + MAX_EVENT_AGE]
-                late = [r for r in group if r not in keep]
-                values = self._error_values(err, creds, f"will retry: {sentence}")
-                if keep:
-                    session.execute(
-                        update(Conversion)
-                        .where(self._ours(claimed, keep))
-                        .values(status=Conversion.PENDING, next_attempt_at=next_at, **values)
-                        .execution_options(synchronize_session=False)
-                    )
-                    retried += len(keep)
-                if late:
-                    values["last_error"] = (
-                        "expired: Meta's 7-day limit on event_time would pass before the next "
-                        f"attempt; last error: {sentence}"
-                    )
-                    session.execute(
-                        update(Conversion)
-                        .where(self._ours(claimed, late))
-                        .values(status=Conversion.EXPIRED, **values)
-                        .execution_options(synchronize_session=False)
-                    )
-                    expired += len(late)
-        if retried:
-            CONVERSION_EVENTS.labels(outcome="retry").inc(retried)
-        if expired:
-            CONVERSION_EVENTS.labels(outcome="expired").inc(expired)
+        # Rows of one batch share their attempt count in practice: one update per count.
+        by_attempts: dict[int, list[Row]] = {}
+        for r in rows:
+            by_attempts.setdefault(r.attempts, []).append(r)
+        for attempts, group in by_attempts.items():
+            next_at = now + backoff(attempts, base)
+            # The next try must still be in time: next_at + margin < event_time + 7 days.
+            last_chance = send_limit(next_at)
+            keep = [r for r in group if r.event_time >= last_chance]
+            late = [r for r in group if r.event_time < last_chance]
+            if keep:
+                values = {
+                    "status": Conversion.PENDING,
+                    "next_attempt_at": next_at,
+                    **self._error_values(err, f"will retry: {sentence}"),
+                }
+                retried += self._finalize(claimed, keep, values, "retry")
+            if late:
+                reason = (
+                    "expired: Meta's 7-day limit on event_time would pass before the next "
+                    f"attempt; last error: {sentence}"
+                )
+                values = {"status": Conversion.EXPIRED, **self._error_values(err, reason)}
+                expired += self._finalize(claimed, late, values, "expired")
         log.warning(
             "conversion.deliver.retry count=%s expired=%s reason=%s", retried, expired, sentence
         )
@@ -513,7 +706,6 @@ class Dispatcher:
     def _record_account_problem(
         self,
         claimed: Claimed,
-        rows: Sequence[dict[str, Any]],
         err: GraphError,
         creds: Credentials,
         stats: DispatchStats,
@@ -525,18 +717,22 @@ class Dispatcher:
             account = registry.get_account(session, creds.waba_id)
             if account is not None and registry.pause(account, sentence):
                 stats.paused_accounts.append(creds.waba_id)
-            values = self._error_values(err, creds, f"held: account paused: {sentence}")
             released = session.execute(
                 update(Conversion)
-                .where(Conversion.lease_token == claimed.token)
+                .where(
+                    _id_in(claimed.ids, self.db.dialect), Conversion.lease_token == claimed.token
+                )
                 .values(
                     status=Conversion.PENDING,
                     attempts=Conversion.attempts - 1,
                     next_attempt_at=utcnow(),
-                    **values,
+                    leased_until=None,
+                    lease_token=None,
+                    **self._error_values(err, f"held: account paused: {sentence}"),
                 )
                 .execution_options(synchronize_session=False)
             )
-        count = released.rowcount or 0
+        count = _rowcount(released)
         stats.held += count
-        CONVERSION_EVENTS.labels(outcome="held").inc(count)
+        if count:
+            CONVERSION_EVENTS.labels(outcome="held").inc(count)

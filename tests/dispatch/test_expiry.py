@@ -1,0 +1,185 @@
+"""Meta's 7-day rule: nothing older ever reaches Meta; what cannot make it expires, with why."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+from freezegun.api import FrozenDateTimeFactory
+
+from tests.conftest import WABA_ID
+from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one, one, setup_account
+from waconv.clock import from_unix, utcnow
+from waconv.conversions.dispatcher import SEND_MARGIN, Dispatcher
+from waconv.conversions.events import MAX_EVENT_AGE
+from waconv.graph.client import GraphClient
+from waconv.graph.fake import FakeGraph
+from waconv.models import Conversion
+from waconv.services import Services
+
+
+def assert_nothing_too_old_reached_meta(fake: FakeGraph, sent_at: list[Any]) -> None:
+    """Each events request, with the clock when it was made: no event older than 7 days."""
+    requests = fake.events_requests()
+    assert len(requests) == len(sent_at)
+    for request, now in zip(requests, sent_at, strict=True):
+        for event in request["json"]["data"]:
+            assert now - from_unix(event["event_time"]) < MAX_EVENT_AGE
+
+
+class ClockedGraph(GraphClient):
+    """Notes the (frozen) time of every events request; optionally lets time pass during it."""
+
+    def __init__(
+        self, fake: FakeGraph, freezer: FrozenDateTimeFactory, tick: timedelta = timedelta(0)
+    ) -> None:
+        super().__init__(fake.url, "v26.0", timeout=5)
+        self.freezer, self.tick = freezer, tick
+        self.times: list[Any] = []
+
+    def send_events(self, *args: Any, **kwargs: Any) -> Any:
+        self.times.append(utcnow())
+        try:
+            return super().send_events(*args, **kwargs)
+        finally:
+            self.freezer.tick(self.tick)  # a slow Meta
+
+
+def test_an_event_that_keeps_failing_expires_before_it_is_7_days_old(
+    freezer: FrozenDateTimeFactory, make_app: Callable[..., Flask], fake_graph: FakeGraph
+) -> None:
+    app = make_app(retry_base_seconds=60)
+    services: Services = app.extensions["waconv"]
+    setup_account(services)
+    event_time = utcnow() - timedelta(days=6, hours=22)
+    enqueue_one(services, "doomed", event_time=event_time)
+    fake_graph.fail_next(1000, "http503_json")
+    graph = ClockedGraph(fake_graph, freezer)
+    dispatcher = Dispatcher(services, graph=graph)
+
+    for _ in range(100):
+        dispatcher.run_once()
+        row = one(services, "doomed")
+        if row.status != Conversion.PENDING:
+            break
+        freezer.move_to(row.next_attempt_at)
+    graph.close()
+
+    assert row.status == Conversion.EXPIRED
+    assert utcnow() < event_time + MAX_EVENT_AGE  # expired in time, not after the fact
+    assert row.last_error is not None
+    assert row.last_error.startswith("expired: Meta's 7-day limit on event_time would pass")
+    assert "temporary failure" in row.last_error  # and why it could not be sent
+    assert row.last_error_code == 2
+    assert row.attempts > 5
+    assert_nothing_too_old_reached_meta(fake_graph, graph.times)
+
+    # Never sent after: not even when Meta is fine again.
+    fake_graph.reset()
+    freezer.tick(timedelta(days=1))
+    assert Dispatcher(services).run_once().requests == 0
+    assert not fake_graph.requests
+
+
+def test_an_event_6_days_23_hours_old_is_still_sent(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    enqueue_one(ready, "late-but-fine", event_time=utcnow() - timedelta(days=6, hours=23))
+
+    stats = Dispatcher(ready).run_once()
+
+    assert stats.sent == 1
+    assert one(ready, "late-but-fine").status == Conversion.SENT
+    assert fake_graph.accepted_event_ids() == {"late-but-fine": 1}
+
+
+def test_an_event_that_became_stale_while_pending_expires_unsent(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    enqueue_many(ready, 3)  # an hour old; nobody dispatched for a week
+    freezer.tick(MAX_EVENT_AGE)
+
+    stats = Dispatcher(ready).run_once()
+
+    assert (stats.expired, stats.requests) == (3, 0)
+    assert not fake_graph.requests
+    for row in conversions(ready):
+        assert row.status == Conversion.EXPIRED
+        assert row.last_error is not None
+        assert row.last_error.startswith("expired: not delivered before Meta's 7-day limit")
+
+
+def test_stale_events_in_a_lapsed_lease_expire(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    """A dispatcher died holding events; by the time the lease ran out they were too old."""
+    enqueue_many(ready, 2, event_time=utcnow() - timedelta(days=6, hours=23, minutes=59))
+    with ready.db.transaction() as session:
+        Dispatcher(ready)._claim(session, WABA_ID, 1000)
+    freezer.tick(timedelta(minutes=2))
+
+    assert Dispatcher(ready).run_once().expired == 2
+    assert {r.status for r in conversions(ready)} == {Conversion.EXPIRED}
+    assert not fake_graph.requests
+
+
+def test_too_close_to_the_limit_is_not_sent_and_does_not_hold_back_the_others(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    fresh = enqueue_many(ready, 10)
+    almost = utcnow() - MAX_EVENT_AGE + SEND_MARGIN / 2  # valid now, not by the time it arrives
+    enqueue_one(ready, "almost-7-days", event_time=almost)
+
+    stats = Dispatcher(ready).run_once()
+
+    assert (stats.sent, stats.expired, stats.requests) == (10, 1, 1)
+    assert one(ready, "almost-7-days").status == Conversion.EXPIRED
+    assert set(fake_graph.accepted_event_ids()) == set(fresh)
+    assert [r["status"] for r in fake_graph.events_requests()] == [200]  # no rejection at all
+
+
+def test_an_event_that_ages_past_the_limit_during_a_long_split_expires_not_fails(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    """Meta is slow (3 minutes a request) while a batch is bisected for a bad click id: the
+    event that crosses the limit meanwhile must not be sent (Meta would reject its whole batch
+    and it would end `failed`, with its neighbours split off for nothing)."""
+    good = enqueue_many(ready, 7)
+    fake_graph.invalid_clids.add(clid("evt", 0))
+    enqueue_one(ready, "near-limit", event_time=utcnow() - MAX_EVENT_AGE + timedelta(minutes=3))
+    graph = ClockedGraph(fake_graph, freezer, tick=timedelta(minutes=3))
+
+    Dispatcher(ready, graph=graph).run_once()
+    graph.close()
+
+    rows = {r.event_id: r for r in conversions(ready)}
+    assert rows["near-limit"].status == Conversion.EXPIRED
+    assert rows["near-limit"].last_error is not None
+    assert "7-day limit" in rows["near-limit"].last_error
+    assert rows[good[0]].status == Conversion.FAILED
+    assert {rows[e].status for e in good[1:]} == {Conversion.SENT}
+    assert_nothing_too_old_reached_meta(fake_graph, graph.times)
+    # Every rejection was for the bad click id, none for an old event_time.
+    for request in fake_graph.events_requests():
+        if request["status"] != 200:
+            clids = [e["user_data"]["ctwa_clid"] for e in request["json"]["data"]]
+            assert clid("evt", 0) in clids
+
+
+def test_held_events_that_age_out_expire(
+    freezer: FrozenDateTimeFactory, make_app: Callable[..., Flask], fake_graph: FakeGraph
+) -> None:
+    app = make_app(access_token="")
+    services: Services = app.extensions["waconv"]
+    setup_account(services)
+    enqueue_one(services, "held", event_time=utcnow() - timedelta(days=6, hours=23, minutes=30))
+    assert Dispatcher(services).run_once().held == 1
+
+    freezer.tick(timedelta(minutes=30))
+    stats = Dispatcher(services).run_once()
+
+    assert stats.expired == 1
+    assert one(services, "held").status == Conversion.EXPIRED
+    assert not fake_graph.requests
