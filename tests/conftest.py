@@ -113,6 +113,9 @@ def make_settings(
             "graph_url": fake_graph.url,
             "rules_file": str(rules_path),
             "graph_timeout_seconds": 5.0,
+            # Effects visible when the test client returns; tests/webhooks/test_background.py
+            # covers the background processor that production uses.
+            "webhook_processing": "inline",
         }
         values.update(overrides)
         return load_settings(environ={}, overrides=values, dev_secrets_file=tmp_path / "none")

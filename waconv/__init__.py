@@ -44,7 +44,14 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["waconv"] = Services.build(settings)
+    services = app.extensions["waconv"] = Services.build(settings)
+    if settings.webhook_processing == "background":
+        from waconv.webhooks import processor
+
+        @app.before_request
+        def _start_processor() -> None:
+            # On the first request each process serves: after gunicorn's fork, not before.
+            processor.ensure_running(services)
 
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(health_bp)

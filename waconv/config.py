@@ -21,6 +21,9 @@ DEV_SECRETS_FILE = Path("instance") / "dev-secrets.json"
 DEV_SECRET_NAMES = ("verify_token", "app_secret", "secret_key")
 
 
+WEBHOOK_PROCESSING_MODES = ("background", "inline")
+
+
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -49,6 +52,9 @@ class Settings:
     ldu: bool = False
     ldu_country: int = 0
     ldu_state: int = 0
+    # "background": the request stores the delivery and a thread of the same process applies it
+    # a moment later (fast answers to Meta); "inline": applied before the 200.
+    webhook_processing: str = "background"
     # Raw webhook bodies and message texts older than this are removed by `waconv prune`.
     retention_days: int = 30
     db_pool_size: int = 5
@@ -91,6 +97,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "WACONV_LDU": ("ldu", bool),
     "WACONV_LDU_COUNTRY": ("ldu_country", int),
     "WACONV_LDU_STATE": ("ldu_state", int),
+    "WACONV_WEBHOOK_PROCESSING": ("webhook_processing", str),
     "WACONV_RETENTION_DAYS": ("retention_days", int),
     "WACONV_DB_POOL_SIZE": ("db_pool_size", int),
     "WACONV_LOG_LEVEL": ("log_level", str),
@@ -165,6 +172,11 @@ def validate(s: Settings) -> None:
         raise ConfigError("WACONV_RETRY_BASE_SECONDS must be greater than 0")
     if s.graph_timeout_seconds <= 0:
         raise ConfigError("WACONV_GRAPH_TIMEOUT_SECONDS must be greater than 0")
+    if s.webhook_processing not in WEBHOOK_PROCESSING_MODES:
+        raise ConfigError(
+            "WACONV_WEBHOOK_PROCESSING must be background or inline, "
+            f"not {s.webhook_processing!r}"
+        )
     if s.retention_days < 1:
         raise ConfigError("WACONV_RETENTION_DAYS must be at least 1")
     for name in ("waba_id", "dataset_id"):

@@ -88,8 +88,12 @@ class OutboxCollector(Collector):
                 )
             )
             paused = s.scalar(select(func.count()).where(Account.status == Account.PAUSED))
-            failed_deliveries = s.scalar(
-                select(func.count()).where(WebhookDelivery.status == WebhookDelivery.FAILED)
+            deliveries = dict(
+                s.execute(
+                    select(WebhookDelivery.status, func.count())
+                    .where(WebhookDelivery.status != WebhookDelivery.PROCESSED)
+                    .group_by(WebhookDelivery.status)
+                ).all()
             )
         yield GaugeMetricFamily(
             "waconv_database_up", "Whether the database answered this scrape", value=1
@@ -117,7 +121,12 @@ class OutboxCollector(Collector):
         yield GaugeMetricFamily(
             "waconv_webhook_deliveries_failed",
             "Stored deliveries whose processing failed (see `waconv webhooks replay`)",
-            value=failed_deliveries or 0,
+            value=deliveries.get(WebhookDelivery.FAILED, 0),
+        )
+        yield GaugeMetricFamily(
+            "waconv_webhook_deliveries_waiting",
+            "Stored deliveries the background processor has not applied yet",
+            value=deliveries.get(WebhookDelivery.RECEIVED, 0),
         )
 
 

@@ -61,7 +61,9 @@ class WebhookDelivery(Base):
     """One signed POST from Meta, stored before the 200."""
 
     __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_id", "status", "id"),)
 
+    RECEIVED = "received"  # stored, waiting for the background processor
     PROCESSED = "processed"
     FAILED = "failed"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
@@ -23,6 +23,8 @@ class Services:
     db: Database
     rules: RuleSet
     _graph: GraphClient | None = field(default=None, repr=False)
+    # This process's webhook processor thread (background mode), see waconv.webhooks.processor.
+    _processor: Any = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -45,6 +47,10 @@ class Services:
         return self._graph
 
     def close(self) -> None:
+        if self._processor is not None:
+            from waconv.webhooks import processor
+
+            processor.stop(self)
         if self._graph is not None:
             self._graph.close()
             self._graph = None

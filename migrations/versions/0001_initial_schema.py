@@ -64,6 +64,9 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_webhook_deliveries_received_at"), ["received_at"], unique=False
         )
+        batch_op.create_index(
+            "ix_webhook_deliveries_status_id", ["status", "id"], unique=False
+        )
 
     op.create_table(
         "conversations",
@@ -381,6 +384,7 @@ def downgrade() -> None:
 
     op.drop_table("conversations")
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_webhook_deliveries_status_id")
         batch_op.drop_index(batch_op.f("ix_webhook_deliveries_received_at"))
 
     op.drop_table("webhook_deliveries")

@@ -16,7 +16,10 @@ from sqlalchemy import select
 
 from tests import payloads as p
 from tests.conftest import APP_SECRET, SECRET_KEY, VERIFY_TOKEN, encode, signed_headers
+from waconv.config import load_settings
 from waconv.db import Database
+from waconv.services import Services
+from waconv.webhooks import processor
 from waconv.models import Message, WebhookDelivery
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,8 +123,24 @@ def test_acknowledged_deliveries_survive_kill_9(db_url, rules_path, tmp_path, se
     try:
         with db.transaction() as session:
             stored = set(session.scalars(select(WebhookDelivery.body)))
-            texts = set(session.scalars(select(Message.text)))
     finally:
         db.dispose()
     assert stored == set(bodies)
+
+    # What the killed process had not processed yet is processed by the next one to start.
+    services = Services.build(
+        load_settings(
+            environ={},
+            overrides={"database_url": db_url, "rules_file": str(rules_path)},
+            dev_secrets_file=tmp_path / "none",
+        )
+    )
+    try:
+        processor.drain(services)
+        with services.db.transaction() as session:
+            texts = set(session.scalars(select(Message.text)))
+            statuses = set(session.scalars(select(WebhookDelivery.status)))
+    finally:
+        services.close()
     assert texts == {f"message {i}" for i in range(DELIVERIES)}
+    assert statuses == {WebhookDelivery.PROCESSED}

@@ -1,10 +1,14 @@
-"""Store a delivery, then act on it, in the request.
+"""Store a delivery, and act on it: in the request ("inline") or just after ("background").
 
-One transaction: the raw body is inserted (a redelivery of the same bytes is a no-op), then the
-payload is processed inside a savepoint. If processing fails, the savepoint is rolled back, the
-delivery stays stored with ``status = failed`` and the error, and Meta still gets its 200
-(a non-200 would make Meta redeliver for 7 days to every subscribed app). ``waconv webhooks
-replay`` processes failed deliveries again once the cause is fixed.
+Storing is one short insert of the raw body (a redelivery of the same bytes is a no-op); then
+Meta gets its 200. Processing applies the payload inside a savepoint, in the same transaction
+that marks the delivery processed, so a crash leaves it ``received`` and it is processed again.
+If processing fails, the savepoint is rolled back and the delivery stays stored with
+``status = failed`` and the error (never a non-200: Meta would redeliver for 7 days to every
+subscribed app). ``waconv webhooks replay`` processes failed deliveries again.
+
+In background mode a thread of each app process (``waconv.webhooks.processor``) picks stored
+deliveries up within a moment; the request itself does only the insert.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -36,19 +44,70 @@ MAX_PROCESS_ATTEMPTS = 4
 LOCK_CONFLICTS = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 
+def _refuse_constant(name: str) -> None:
+    # NaN / Infinity are not JSON (RFC 8259); Python accepts them, PostgreSQL's jsonb does not.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf, which no database can keep in a JSON column either.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def parse_body(raw: bytes) -> Any:
+    """Strict JSON: raises ValueError (or RecursionError for absurd nesting)."""
+    return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 @dataclass(frozen=True)
 class ReceiveResult:
     outcome: str  # stored | duplicate | processing_failed
     delivery_id: int | None
 
 
+def _store_statement(dialect: str) -> Insert:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        insert(WebhookDelivery.__table__)
+        .on_conflict_do_nothing()
+        .returning(WebhookDelivery.__table__.c.id)
+    )
+
+
 def receive(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveResult:
+    if services.settings.webhook_processing == "inline":
+        return _receive_inline(services, raw, payload)
+    return store(services, raw)
+
+
+def store(services: Services, raw: bytes) -> ReceiveResult:
+    """The request's whole database work in background mode: one insert, one commit."""
+    digest = hashlib.sha256(raw).hexdigest()
+    statement = _store_statement(services.db.dialect)
+    with services.db.engine.begin() as conn:
+        delivery_id = conn.execute(
+            statement,
+            {"body_sha256": digest, "body": raw, "status": WebhookDelivery.RECEIVED},
+        ).scalar_one_or_none()
+        if delivery_id is None:
+            existing = conn.execute(
+                select(WebhookDelivery.id).where(WebhookDelivery.body_sha256 == digest)
+            ).scalar_one_or_none()
+            log.info("webhook.delivery.duplicate delivery_id=%s", existing)
+            return ReceiveResult("duplicate", existing)
+    return ReceiveResult("stored", delivery_id)
+
+
+def _receive_inline(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveResult:
     digest = hashlib.sha256(raw).hexdigest()
     with services.db.transaction() as session:
         delivery_id = insert_or_ignore(
             session,
             WebhookDelivery,
-            {"body_sha256": digest, "body": raw, "status": WebhookDelivery.PROCESSED},
+            {"body_sha256": digest, "body": raw, "status": WebhookDelivery.RECEIVED},
         )
         if delivery_id is None:
             existing = session.scalar(
@@ -58,6 +117,52 @@ def receive(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveR
             return ReceiveResult("duplicate", existing)
         ok = _process(services, session, delivery_id, payload)
     return ReceiveResult("stored" if ok else "processing_failed", delivery_id)
+
+
+# One processing transaction stops taking new deliveries after this long: on SQLite it holds
+# the write lock, and webhook requests wait behind it.
+PROCESS_BUDGET_SECONDS = 0.02
+PROCESS_BATCH = 20
+
+
+def process_received(services: Services, *, budget_seconds: float = PROCESS_BUDGET_SECONDS) -> int:
+    """Process stored deliveries in one short transaction; return how many were processed.
+
+    On PostgreSQL, ``SKIP LOCKED`` lets the processors of several processes share the work; on
+    SQLite, transactions are serialized anyway.
+    """
+    started = time.monotonic()
+    done = 0
+    with services.db.transaction() as session:
+        query = (
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == WebhookDelivery.RECEIVED)
+            .order_by(WebhookDelivery.id)
+            .limit(PROCESS_BATCH)
+        )
+        if services.db.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        for delivery_id in list(session.scalars(query)):
+            if done and time.monotonic() - started > budget_seconds:
+                break
+            body = session.scalar(
+                select(WebhookDelivery.body).where(WebhookDelivery.id == delivery_id)
+            )
+            _process_stored(services, session, delivery_id, body)
+            done += 1
+    return done
+
+
+def _process_stored(
+    services: Services, session: Session, delivery_id: int, body: bytes | None
+) -> bool:
+    try:
+        payload = parse_body(body or b"")
+    except (ValueError, RecursionError) as exc:
+        return _record_failure(session, delivery_id, exc)
+    if not isinstance(payload, dict):
+        return _record_failure(session, delivery_id, ValueError("body is not a JSON object"))
+    return _process(services, session, delivery_id, payload)
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -135,8 +240,7 @@ def replay(
                 results.append(ReplayResult(delivery_id, False, "body pruned; cannot replay"))
                 continue
             delivery.attempts += 1
-            payload = json.loads(delivery.body)
-            ok = _process(services, session, delivery_id, payload)
+            ok = _process_stored(services, session, delivery_id, delivery.body)
             session.flush()
             session.refresh(delivery)
             results.append(ReplayResult(delivery_id, ok, delivery.error))

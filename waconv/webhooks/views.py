@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import math
 import time
 
 from flask import Blueprint, Response, jsonify, request
 
 from waconv.metrics import WEBHOOK_DELIVERIES, WEBHOOK_SECONDS
 from waconv.services import current_services
-from waconv.webhooks import ingest, signature
+from waconv.webhooks import ingest, processor, signature
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -35,19 +33,6 @@ def verify() -> Response:
     return Response("verification failed\n", status=403, mimetype="text/plain")
 
 
-def _refuse_constant(name: str) -> None:
-    # NaN / Infinity are not JSON (RFC 8259); Python accepts them, PostgreSQL's jsonb does not.
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 parses to inf, which no database can keep in a JSON column either.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is out of range")
-    return value
-
-
 def _reject(status: int, outcome: str, message: str) -> tuple[Response, int]:
     WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
     log.warning("webhook.delivery.%s %s", outcome, message)
@@ -67,13 +52,15 @@ def receive() -> tuple[Response, int]:
     if not signature.is_valid(services.settings.app_secret, raw, header):
         return _reject(403, "bad_signature", "X-Hub-Signature-256 does not match the body")
     try:
-        payload = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        payload = ingest.parse_body(raw)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         return _reject(400, "bad_json", "body is not JSON")
     if not isinstance(payload, dict):
         return _reject(400, "bad_json", "body is not a JSON object")
 
     result = ingest.receive(services, raw, payload)
+    if result.outcome == "stored" and services.settings.webhook_processing == "background":
+        processor.wake(services)
     WEBHOOK_DELIVERIES.labels(outcome=result.outcome).inc()
     WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     return jsonify({"status": result.outcome, "delivery_id": result.delivery_id}), 200

@@ -1,0 +1,96 @@
+"""Background processing, the production default: the request stores, a thread applies."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select
+
+from tests import payloads as p
+from tests.conftest import encode, signed_headers
+from waconv.models import Message, WebhookDelivery
+from waconv.webhooks import ingest, processor
+
+# Bounded wait for the processor thread (the contract: effects within a few seconds).
+EFFECT_DEADLINE_SECONDS = 5.0
+
+
+def _statuses(services):
+    with services.db.transaction() as s:
+        return dict(
+            s.execute(
+                select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
+            ).all()
+        )
+
+
+def test_effects_show_within_seconds_with_nothing_but_the_app(make_app, admin_headers):
+    app = make_app(webhook_processing="background")
+    client = app.test_client()
+    body = encode(p.delivery(p.message(ref=p.referral(), wa_id="15550001111")))
+    r = client.post("/webhook", data=body, headers=signed_headers(body))
+    assert r.status_code == 200
+    assert r.json["status"] == "stored"
+    deadline = time.monotonic() + EFFECT_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        r = client.get("/admin/conversations/15550001111", headers=admin_headers)
+        if r.status_code == 200:
+            break
+        time.sleep(0.05)  # waiting for another thread, not a time rule
+    assert r.status_code == 200
+    assert r.json["ctwa_clid"] == p.CLICK_ID
+    assert _statuses(app.extensions["waconv"]) == {WebhookDelivery.PROCESSED: 1}
+
+
+def test_the_request_only_stores(make_app):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    body = encode(p.delivery(p.text("hello")))
+    result = ingest.store(services, body)
+    assert result.outcome == "stored"
+    assert _statuses(services) == {WebhookDelivery.RECEIVED: 1}
+    assert ingest.store(services, body).outcome == "duplicate"
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 0
+
+
+def test_deliveries_left_by_a_crash_are_processed_once(make_app):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    bodies = [encode(p.delivery(p.text(f"m{i}", wa_id=f"1555000{i:04d}"))) for i in range(30)]
+    for body in bodies:
+        ingest.store(services, body)
+    assert processor.drain(services) == 30
+    assert processor.drain(services) == 0
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 30
+    assert _statuses(services) == {WebhookDelivery.PROCESSED: 30}
+
+
+def test_one_transaction_stops_taking_deliveries_after_its_budget(make_app):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    for i in range(3):
+        ingest.store(services, encode(p.delivery(p.text(f"m{i}", wa_id=f"1555000{i:04d}"))))
+    # A zero budget still processes one delivery per transaction, never none.
+    assert ingest.process_received(services, budget_seconds=0) == 1
+    assert ingest.process_received(services, budget_seconds=60) == 2
+
+
+def test_a_failing_delivery_does_not_stop_the_others(make_app, monkeypatch):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    bad = encode(p.delivery(p.text("boom", wa_id="15550009999")))
+    good = encode(p.delivery(p.text("fine", wa_id="15550008888")))
+    ingest.store(services, bad)
+    ingest.store(services, good)
+    real = ingest.process_payload
+
+    def flaky(session, services_, delivery_id, payload):
+        if "boom" in str(payload):
+            raise RuntimeError("simulated bug")
+        return real(session, services_, delivery_id, payload)
+
+    monkeypatch.setattr(ingest, "process_payload", flaky)
+    assert processor.drain(services) == 2
+    with services.db.transaction() as s:
+        rows = dict(s.execute(select(WebhookDelivery.body, WebhookDelivery.status)).all())
+        texts = set(s.scalars(select(Message.text)))
+    assert rows == {bad: WebhookDelivery.FAILED, good: WebhookDelivery.PROCESSED}
+    assert texts == {"fine"}
