@@ -41,6 +41,8 @@ def test_environment_read(tmp_path):
         ({"WACONV_GRAPH_VERSION": "26"}, "WACONV_GRAPH_VERSION"),
         ({"WACONV_WABA_ID": "abc"}, "WACONV_WABA_ID"),
         ({"WACONV_APPSECRET_PROOF": "maybe"}, "WACONV_APPSECRET_PROOF"),
+        ({"WACONV_LEASE_SECONDS": "120"}, "WACONV_LEASE_SECONDS"),
+        ({"WACONV_WEBHOOK_PROCESSING": "later"}, "WACONV_WEBHOOK_PROCESSING"),
     ],
 )
 def test_bad_values_name_the_variable(env, named, tmp_path):
@@ -75,6 +77,8 @@ def test_redacted_hides_secrets(tmp_path):
 
 
 def test_repr_hides_secrets(tmp_path):
-    s = settings({"WACONV_ACCESS_TOKEN": "EAAsecretvalue", "WACONV_APP_SECRET": "appsecret99"}, tmp_path)
+    s = settings(
+        {"WACONV_ACCESS_TOKEN": "EAAsecretvalue", "WACONV_APP_SECRET": "appsecret99"}, tmp_path
+    )
     assert "EAAsecretvalue" not in repr(s)
     assert "appsecret99" not in repr(s)

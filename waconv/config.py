@@ -21,6 +21,7 @@ DEV_SECRETS_FILE = Path("instance") / "dev-secrets.json"
 DEV_SECRET_NAMES = ("verify_token", "app_secret", "secret_key")
 
 
+MAX_LEASE_SECONDS = 60  # the contract: leased events of a dead dispatcher due within 60 s
 WEBHOOK_PROCESSING_MODES = ("background", "inline")
 
 
@@ -44,6 +45,9 @@ class Settings:
     test_event_code: str = ""
     rules_file: str = "config/rules.toml"
     retry_base_seconds: float = 5.0
+    # How long a dispatcher's claim on events lasts; a dispatcher that died lets them go after
+    # this. The contract promises "within 60 seconds".
+    lease_seconds: float = 60.0
     # Meta answers most event posts in < 600 ms; a 1,000-event batch can take longer.
     graph_timeout_seconds: float = 30.0
     # Send appsecret_proof (HMAC of the token with the app secret) on Graph calls.
@@ -93,6 +97,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "WACONV_RULES_FILE": ("rules_file", str),
     "WACONV_RETRY_BASE_SECONDS": ("retry_base_seconds", float),
     "WACONV_GRAPH_TIMEOUT_SECONDS": ("graph_timeout_seconds", float),
+    "WACONV_LEASE_SECONDS": ("lease_seconds", float),
     "WACONV_APPSECRET_PROOF": ("appsecret_proof", bool),
     "WACONV_LDU": ("ldu", bool),
     "WACONV_LDU_COUNTRY": ("ldu_country", int),
@@ -170,12 +175,13 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"WACONV_GRAPH_VERSION must look like v26.0, not {s.graph_version!r}")
     if s.retry_base_seconds <= 0:
         raise ConfigError("WACONV_RETRY_BASE_SECONDS must be greater than 0")
+    if not 1 <= s.lease_seconds <= MAX_LEASE_SECONDS:
+        raise ConfigError(f"WACONV_LEASE_SECONDS must be between 1 and {MAX_LEASE_SECONDS}")
     if s.graph_timeout_seconds <= 0:
         raise ConfigError("WACONV_GRAPH_TIMEOUT_SECONDS must be greater than 0")
     if s.webhook_processing not in WEBHOOK_PROCESSING_MODES:
         raise ConfigError(
-            "WACONV_WEBHOOK_PROCESSING must be background or inline, "
-            f"not {s.webhook_processing!r}"
+            f"WACONV_WEBHOOK_PROCESSING must be background or inline, not {s.webhook_processing!r}"
         )
     if s.retention_days < 1:
         raise ConfigError("WACONV_RETENTION_DAYS must be at least 1")

@@ -234,3 +234,8 @@ def test_two_dispatchers_at_once_deliver_every_event_exactly_once(
     assert sum(r.sent for r in results) == 3000
     assert status_counts(ready) == {Conversion.SENT: 3000}
     assert {r.attempts for r in conversions(ready)} == {1}
+
+
+def test_the_lease_length_is_configurable(make_app):
+    services = make_app(lease_seconds=10).extensions["waconv"]
+    assert Dispatcher(services).lease.total_seconds() == 10

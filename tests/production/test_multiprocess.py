@@ -269,6 +269,8 @@ def test_three_dispatchers_with_faults_and_one_killed_send_every_event(
         WACONV_GRAPH_URL=fake_graph.url,
         WACONV_GRAPH_TIMEOUT_SECONDS=str(GRAPH_TIMEOUT_SECONDS),
         WACONV_RETRY_BASE_SECONDS="0.2",
+        # The killed dispatcher's events come back after this instead of 60 s.
+        WACONV_LEASE_SECONDS="10",
         WACONV_RULES_FILE=str(rules_path),
         WACONV_DB_POOL_SIZE="2",
     )

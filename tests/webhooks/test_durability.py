@@ -18,9 +18,9 @@ from tests import payloads as p
 from tests.conftest import APP_SECRET, SECRET_KEY, VERIFY_TOKEN, encode, signed_headers
 from waconv.config import load_settings
 from waconv.db import Database
+from waconv.models import Message, WebhookDelivery
 from waconv.services import Services
 from waconv.webhooks import processor
-from waconv.models import Message, WebhookDelivery
 
 ROOT = Path(__file__).resolve().parents[2]
 DELIVERIES = 25

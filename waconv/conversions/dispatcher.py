@@ -52,7 +52,8 @@ from waconv.services import Services
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # Meta rejects requests with more events
-# The contract: events leased by a dispatcher that died are due again within 60 seconds.
+# The default of WACONV_LEASE_SECONDS (the contract: events leased by a dispatcher that died
+# are due again within 60 seconds).
 LEASE = timedelta(seconds=60)
 # Before each request the lease must outlast the request timeout by this much, else it is
 # extended first (a long split makes many requests under one claim).
@@ -186,6 +187,7 @@ class Dispatcher:
         self.db = services.db
         self.graph = graph or services.graph
         self.batch_size = batch_size
+        self.lease = timedelta(seconds=self.settings.lease_seconds)
         self._swept_at: float | None = None  # time.monotonic() of the last expiry sweep
 
     # -- the loop -----------------------------------------------------------------------------
@@ -392,7 +394,7 @@ class Dispatcher:
         ones by due time. Events too old to send are left to the expiry sweep."""
         now = utcnow()
         token = secrets.token_hex(8)
-        leased_until = now + LEASE
+        leased_until = now + self.lease
         fresh = Conversion.event_time >= send_limit(now)
         lapsed = select(Conversion.id).where(
             Conversion.waba_id == waba_id,
@@ -553,7 +555,7 @@ class Dispatcher:
         now = utcnow()
         needed = timedelta(seconds=self.settings.graph_timeout_seconds) + LEASE_SLACK
         if claimed.leased_until - now < needed:
-            leased_until = now + max(LEASE, needed)
+            leased_until = now + max(self.lease, needed)
             with self.db.transaction() as session:
                 # The whole claim (later halves of a split too) gets the longer lease.
                 claimed.owned = set(

@@ -138,7 +138,9 @@ def fire_automatic_event(
             continue
         raw_custom = event.get("custom_data")
         try:
-            custom = automatic_event_custom_data(raw_custom if isinstance(raw_custom, dict) else None)
+            custom = automatic_event_custom_data(
+                raw_custom if isinstance(raw_custom, dict) else None
+            )
         except InvalidConversion as exc:
             refusals.append(f"rule {rule.name!r}: {exc}")
             continue

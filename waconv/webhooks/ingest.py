@@ -70,11 +70,8 @@ class ReceiveResult:
 
 def _store_statement(dialect: str) -> Insert:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        insert(WebhookDelivery.__table__)
-        .on_conflict_do_nothing()
-        .returning(WebhookDelivery.__table__.c.id)
-    )
+    # Core, not the ORM: this is the whole database work of a webhook request.
+    return insert(WebhookDelivery).on_conflict_do_nothing().returning(WebhookDelivery.id)
 
 
 def receive(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveResult:
