@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg  # noqa: F401  (imported before freezegun freezes time: its C extension warns)
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
