@@ -64,9 +64,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_webhook_deliveries_received_at"), ["received_at"], unique=False
         )
-        batch_op.create_index(
-            "ix_webhook_deliveries_status_id", ["status", "id"], unique=False
-        )
+        batch_op.create_index("ix_webhook_deliveries_status_id", ["status", "id"], unique=False)
 
     op.create_table(
         "conversations",
