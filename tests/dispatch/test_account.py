@@ -18,7 +18,7 @@ from tests.dispatch.helpers import account, conversions, enqueue_many, setup_acc
 from waconv.accounts import service
 from waconv.accounts.registry import PAUSED_PROBE_INTERVAL
 from waconv.clock import utcnow
-from waconv.conversions.dispatcher import HOLD_DELAY, Dispatcher
+from waconv.conversions.dispatcher import HOLD_DELAY, PROVISION_RETRY, Dispatcher
 from waconv.graph.client import GraphClient
 from waconv.graph.fake import FakeGraph, dataset_id_for
 from waconv.models import Account, Conversion
@@ -279,7 +279,7 @@ def test_an_account_without_a_dataset_gets_one_provisioned(
     assert set(fake_graph.accepted_event_ids()) == set(ids)
 
 
-def test_failed_provisioning_holds_events_and_is_tried_once(
+def test_failed_provisioning_holds_events_and_is_tried_again_hourly(
     freezer: FrozenDateTimeFactory,
     services: Services,
     fake_graph: FakeGraph,
@@ -305,6 +305,19 @@ def test_failed_provisioning_holds_events_and_is_tried_once(
     dataset_calls = [r for r in fake_graph.requests if r["kind"] == "dataset"]
     assert len(dataset_calls) == 1  # not again on every pass
 
+    fake_graph.tokens_without_permission.clear()
+    freezer.tick(PROVISION_RETRY)  # a later automatic try succeeds once the cause is gone
+    assert Dispatcher(services).run_once().sent == 2
+    assert len([r for r in fake_graph.requests if r["kind"] == "dataset"]) == 2
+
+
+def test_held_events_go_once_the_operator_provisions(
+    freezer: FrozenDateTimeFactory, services: Services, fake_graph: FakeGraph
+) -> None:
+    setup_account(services, dataset_id=None)
+    enqueue_many(services, 2)
+    fake_graph.tokens_without_permission.add(ACCESS_TOKEN)
+    assert Dispatcher(services).run_once().held == 2
     fake_graph.tokens_without_permission.clear()
     service.provision_dataset(services, WABA_ID)  # what the held events' message says to run
     assert Dispatcher(services).run_once().sent == 2

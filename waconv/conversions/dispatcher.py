@@ -59,6 +59,9 @@ LEASE = timedelta(seconds=60)
 # extended first (a long split makes many requests under one claim).
 LEASE_SLACK = timedelta(seconds=5)
 MAX_BACKOFF = timedelta(minutes=15)
+# A WABA whose dataset could not be created automatically is tried again this often (a
+# transient Graph failure must not hold its events until an operator steps in).
+PROVISION_RETRY = timedelta(hours=1)
 JITTER = 0.2  # ±20 % so that retries of many events do not arrive in lock-step
 # An event is not sent when it would reach Meta this close to the 7-day limit.
 SEND_MARGIN = timedelta(minutes=1)
@@ -293,7 +296,8 @@ class Dispatcher:
             creds, problem = self._credentials(account)
             probing = account.status == Account.PAUSED
             if creds is not None and creds.dataset_id is None:
-                if account.dataset_provision_tried_at is None:
+                tried = account.dataset_provision_tried_at
+                if tried is None or utcnow() - tried >= PROVISION_RETRY:
                     # Recorded (and committed) before the call: one try, whoever gets here first.
                     account.dataset_provision_tried_at = utcnow()
                     provision = True
