@@ -34,9 +34,11 @@ run: install  ## migrate the database and serve the app + a dispatcher on $(HOST
 test: install-test  ## run the whole suite (also on PostgreSQL when WACONV_TEST_POSTGRES_URL is set)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+LINT_PATHS := waconv tests migrations config wsgi.py $(wildcard bench)
+
 lint: install-test  ## ruff, format check and mypy
-	$(BIN)/ruff check waconv tests migrations bench wsgi.py
-	$(BIN)/ruff format --check waconv tests migrations bench wsgi.py
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 bench: install-test  ## benchmarks; writes bench/RESULTS.md
