@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -44,6 +45,16 @@ def settings_and_services() -> tuple[Settings, Services]:
     settings = load_settings()
     configure_logging(settings)
     return settings, Services.build(settings)
+
+
+@contextlib.contextmanager
+def services_scope() -> Iterator[Services]:
+    """Settings and services for one command, closed when it ends."""
+    _, services = settings_and_services()
+    try:
+        yield services
+    finally:
+        services.close()
 
 
 @click.group()

@@ -10,7 +10,7 @@ import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
@@ -45,15 +45,10 @@ def _account_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def _services() -> Iterator[Services]:
-    from waconv.cli import settings_and_services
+def _services() -> contextlib.AbstractContextManager[Services]:
+    from waconv.cli import services_scope
 
-    _, services = settings_and_services()
-    try:
-        yield services
-    finally:
-        services.close()
+    return services_scope()
 
 
 def register(main: click.Group) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
@@ -41,15 +41,10 @@ def _admin_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def _services() -> Iterator[Services]:
-    from waconv.cli import settings_and_services
+def _services() -> contextlib.AbstractContextManager[Services]:
+    from waconv.cli import services_scope
 
-    _, services = settings_and_services()
-    try:
-        yield services
-    finally:
-        services.close()
+    return services_scope()
 
 
 def register(main: click.Group) -> None:

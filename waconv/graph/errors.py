@@ -22,29 +22,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from waconv.conversions.events import EVENT_NAMES
+
 # How much of a non-JSON body (an HTML error page from a proxy or a 5xx) goes into the message:
 # enough to recognise it, not a whole page in every log line.
 MAX_BODY_EXCERPT = 80
 
 # The 14 event names Meta accepts with action_source=business_messaging (reference §3.4).
-BUSINESS_MESSAGING_EVENT_NAMES = frozenset(
-    {
-        "Purchase",
-        "LeadSubmitted",
-        "InitiateCheckout",
-        "AddToCart",
-        "ViewContent",
-        "OrderCreated",
-        "OrderShipped",
-        "OrderDelivered",
-        "OrderCanceled",
-        "OrderReturned",
-        "CartAbandoned",
-        "QualifiedLead",
-        "RatingProvided",
-        "ReviewProvided",
-    }
-)
+BUSINESS_MESSAGING_EVENT_NAMES = EVENT_NAMES  # defined once, with the event validation
 
 _WHITESPACE = re.compile(r"\s+")
 
