@@ -41,5 +41,7 @@ lint: install-test  ## ruff, format check and mypy
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-bench: install-test  ## benchmarks; writes bench/RESULTS.md
+bench: install-test  ## benchmarks against pywa, Meta's SDK and bare ceilings; writes bench/RESULTS.md
+	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk"; exit 1; }
+	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python -m bench

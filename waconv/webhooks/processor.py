@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 
 from waconv.services import Services
 from waconv.webhooks.ingest import process_received
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
 # After an unexpected error (database down), wait this long before trying again.
 ERROR_PAUSE_SECONDS = 2.0
+# While requests keep arriving, the processor rests as long as it worked after each
+# transaction: Meta's requests get the CPU (and SQLite's write lock) at least half the time,
+# and the backlog is caught up when the burst ends.
+BUSY_WINDOW_SECONDS = 0.2
 
 
 class Processor:
@@ -31,10 +37,14 @@ class Processor:
         self.pid = os.getpid()
         self.wakeup = threading.Event()
         self.stop = threading.Event()
+        self.last_request = 0.0  # time.monotonic() of the latest stored delivery
         self.thread = threading.Thread(target=self._run, name="webhook-processor", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+
+    def _busy(self) -> bool:
+        return time.monotonic() - self.last_request < BUSY_WINDOW_SECONDS
 
     def _run(self) -> None:
         log.info("webhook.processor.started pid=%s", self.pid)
@@ -42,20 +52,28 @@ class Processor:
             self.wakeup.wait(IDLE_POLL_SECONDS)
             self.wakeup.clear()
             try:
-                drain(self.services, stop=self.stop)
+                drain(self.services, stop=self.stop, busy=self._busy)
             except Exception:
                 log.exception("webhook.processor.error; trying again shortly")
                 self.stop.wait(ERROR_PAUSE_SECONDS)
 
 
-def drain(services: Services, *, stop: threading.Event | None = None) -> int:
+def drain(
+    services: Services,
+    *,
+    stop: threading.Event | None = None,
+    busy: Callable[[], bool] | None = None,
+) -> int:
     """Process every stored delivery, in short transactions; return how many."""
     total = 0
     while stop is None or not stop.is_set():
+        started = time.monotonic()
         done = process_received(services)
         total += done
         if done == 0:
             return total
+        if busy is not None and busy():
+            time.sleep(time.monotonic() - started)
     return total
 
 
@@ -77,7 +95,9 @@ def ensure_running(services: Services) -> Processor:
 
 
 def wake(services: Services) -> None:
-    ensure_running(services).wakeup.set()
+    processor = ensure_running(services)
+    processor.last_request = time.monotonic()
+    processor.wakeup.set()
 
 
 def stop(services: Services) -> None:
