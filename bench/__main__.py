@@ -1,0 +1,122 @@
+"""``python -m bench [all|ingest|dispatch] [--quick]``: run, then write bench/RESULTS.md.
+
+``make bench`` runs everything. A partial run (``ingest`` or ``dispatch``) replaces only its own
+part of bench/results.json and rewrites RESULTS.md from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common, report
+
+FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 3}
+QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument(
+        "part",
+        nargs="?",
+        choices=("all", "ingest", "dispatch", "report"),
+        default="all",
+        help="report: only write RESULTS.md and latency.png again from bench/results.json",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer deliveries and events")
+    p.add_argument("--deliveries", type=int, help="signed deliveries posted per server")
+    p.add_argument("--warmup", type=int, help="warm-up deliveries per server (not measured)")
+    p.add_argument(
+        "--cap-seconds",
+        type=float,
+        default=90.0,
+        help="end an ingest run's slices after this long (posts in flight are still awaited)",
+    )
+    p.add_argument(
+        "--process-wait",
+        type=float,
+        default=120.0,
+        help="how long to wait, after the last 200, for waconv to process every delivery",
+    )
+    p.add_argument("--events", type=int, help="conversions per dispatch run")
+    p.add_argument("--rounds", type=int, help="dispatch rounds (the median is reported)")
+    p.add_argument(
+        "--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
+    )
+    p.add_argument(
+        "--contenders", default="bare,pywa,waconv", help="ingest servers, comma-separated"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the waconv ingest runs with py-spy (raw stacks in the work directory)",
+    )
+    p.add_argument("--workdir", type=Path, help="keep databases, logs and profiles here")
+    return p.parse_args(argv)
+
+
+def _commands(data: dict[str, Any]) -> list[str]:
+    return sorted({data[k]["command"] for k in ("ingest", "dispatch") if k in data})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    data: dict[str, Any] = report.load()
+    if args.part == "report":
+        report.write(data, _commands(data))
+        return 0
+    sizes = dict(QUICK if args.quick else FULL)
+    for key in sizes:
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    backends = [b for b in args.backends.split(",") if b]
+    if args.part in ("all", "ingest") and shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk (Debian/Ubuntu)", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="waconv-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    common.log(f"work directory: {workdir}")
+
+    data["machine"] = common.machine_info()
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.part in ("all", "ingest"):
+        from bench import ingest
+
+        result = ingest.run(
+            deliveries=sizes["deliveries"],
+            warmup=sizes["warmup"],
+            backends=backends,
+            contenders=[c for c in args.contenders.split(",") if c],
+            workdir=workdir,
+            cap_seconds=args.cap_seconds,
+            process_wait=args.process_wait,
+            profile=args.profile,
+        )
+        data["ingest"] = {"date": date, "command": command.strip(), **result.to_dict()}
+        report.save(data)
+    if args.part in ("all", "dispatch"):
+        from bench import dispatch
+
+        dresult = dispatch.run(
+            events=sizes["events"], rounds=sizes["rounds"], backends=backends, workdir=workdir
+        )
+        data["dispatch"] = {"date": date, "command": command.strip(), **dresult.to_dict()}
+        report.save(data)
+    report.write(data, _commands(data))
+    common.log(f"wrote {report.RESULTS_MD.relative_to(common.REPO)} and latency.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The contenders served beside waconv, each under the same gunicorn settings."""

@@ -1,0 +1,371 @@
+"""Dispatch: N queued conversions to a loopback fake Graph API, three ways.
+
+* ``waconv``: N pending rows in the outbox (SQLite, then PostgreSQL), ``Dispatcher.run_once()``
+  timed from the first claim to the last state update (claim, build, send, mark sent: batches
+  of 1,000, Meta's limit);
+* ``sdk``: Meta's facebook-business SDK, the same events built as ``Event`` objects from the same
+  rows and sent with ``EventRequest.execute()`` in batches of 1,000. The SDK has no
+  ``user_data.whatsapp_business_account_id``, so, as a user must, a ``UserData`` subclass adds
+  it in ``normalize()``. Its timing covers building and sending, no database;
+* ``plain``: a ``requests.Session`` posting the JSON bodies, built and serialised beforehand
+  (the ceiling of sending over HTTP from Python).
+
+Each contender gets a fresh fake (bench/fakegraph.py, its own process), which must have accepted
+every event exactly once. Contenders alternate over several rounds; the median is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from sqlalchemy import func, insert, select
+
+from bench import common
+from bench.fakegraph import WABA_ID
+
+BATCH = 1000  # Meta's limit per events request
+GRAPH_VERSION = "v26.0"
+CURRENCIES = ("BRL", "USD", "EUR")
+
+
+@dataclass
+class DispatchRun:
+    contender: str
+    backend: str
+    round: int
+    events: int
+    seconds: float
+    events_per_s: float
+    accepted: int = 0
+    distinct: int = 0
+    max_per_id: int = 0
+    db_sent: int | None = None
+    verified: bool = False
+    note: str = ""
+
+
+@dataclass
+class DispatchResults:
+    events: int
+    rounds: int
+    runs: list[DispatchRun] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- the events -------------------------------------------------------------------------------
+
+
+def make_rows(count: int, *, seed: int = 11) -> list[dict[str, Any]]:
+    """Validated conversions, as the outbox holds them: 40 % LeadSubmitted, 30 % Purchase,
+    30 % InitiateCheckout with contents."""
+    from waconv.clock import utcnow
+    from waconv.conversions.events import event_id_for, validate_conversion
+
+    rng = random.Random(seed)
+    now = utcnow()
+    rows = []
+    for i in range(count):
+        pick = i % 10
+        custom: dict[str, Any] | None
+        if pick < 4:
+            name, custom = "LeadSubmitted", None
+        elif pick < 7:
+            name = "Purchase"
+            custom = {"value": round(rng.uniform(9, 900), 2), "currency": rng.choice(CURRENCIES)}
+        else:
+            name = "InitiateCheckout"
+            items: list[dict[str, Any]] = [
+                {
+                    "id": f"SKU-{rng.randint(1000, 9999)}",
+                    "quantity": rng.randint(1, 3),
+                    "item_price": round(rng.uniform(5, 120), 2),
+                }
+                for _ in range(rng.randint(1, 3))
+            ]
+            custom = {
+                "value": round(sum(x["quantity"] * x["item_price"] for x in items), 2),
+                "currency": rng.choice(CURRENCIES),
+                "contents": items,
+                "num_items": sum(x["quantity"] for x in items),
+            }
+        event_time = now - timedelta(seconds=rng.randint(60, 2 * 86400))
+        event_time, custom = validate_conversion(name, event_time, custom, now)
+        clid = f"Aff{i:08d}" + "x" * 120
+        rows.append(
+            {
+                "event_id": f"bench.{event_id_for('bench', str(i))[:24]}",
+                "waba_id": WABA_ID,
+                "ctwa_clid": clid,
+                "event_name": name,
+                "event_time": event_time,
+                "custom_data": custom,
+                "source": "admin",
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now - timedelta(seconds=1),
+            }
+        )
+    return rows
+
+
+def meta_events(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from waconv.conversions.events import build_meta_event
+
+    return [
+        build_meta_event(
+            event_name=r["event_name"],
+            event_time=r["event_time"],
+            event_id=r["event_id"],
+            waba_id=WABA_ID,
+            ctwa_clid=r["ctwa_clid"],
+            custom_data=r["custom_data"],
+        )
+        for r in rows
+    ]
+
+
+# -- the fake ---------------------------------------------------------------------------------
+
+
+class FakeProcess:
+    def __enter__(self) -> FakeProcess:
+        self.proc = subprocess.Popen(
+            [common.PYTHON, "-m", "bench.fakegraph"],
+            cwd=common.REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline())
+        self.url: str = hello["url"]
+        self.dataset_id: str = hello["dataset_id"]
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        result: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return result
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _finish(run: DispatchRun, fake: FakeProcess) -> DispatchRun:
+    s = fake.stats()
+    run.accepted, run.distinct, run.max_per_id = s["events"], s["distinct"], s["max_per_id"]
+    run.verified = (
+        run.accepted == run.events
+        and run.distinct == run.events
+        and run.max_per_id == 1
+        and (run.db_sent is None or run.db_sent == run.events)
+    )
+    common.log(
+        f"dispatch {run.contender}{'/' + run.backend if run.backend != '-' else ''} "
+        f"round {run.round}: {run.events_per_s:,.0f} events/s ({run.seconds:.2f} s), "
+        f"accepted {run.accepted}, duplicates {run.max_per_id > 1}, ok={run.verified}"
+    )
+    return run
+
+
+# -- the contenders ---------------------------------------------------------------------------
+
+
+def run_plain(events: list[dict[str, Any]], rnd: int) -> DispatchRun:
+    with FakeProcess() as fake:
+        url = f"{fake.url}/{GRAPH_VERSION}/{fake.dataset_id}/events"
+        headers = {
+            "Authorization": f"Bearer {common.GRAPH_TOKEN}",
+            "Content-Type": "application/json",
+        }
+        bodies = [
+            json.dumps({"data": events[i : i + BATCH]}, separators=(",", ":")).encode()
+            for i in range(0, len(events), BATCH)
+        ]
+        with requests.Session() as session:
+            start = time.perf_counter()
+            for body in bodies:
+                r = session.post(url, data=body, headers=headers, timeout=30)
+                r.raise_for_status()
+                if r.json().get("events_received") != len(json.loads(body)["data"]):
+                    raise RuntimeError(f"plain: short receipt {r.text[:200]}")
+            seconds = time.perf_counter() - start
+        run = DispatchRun("plain", "-", rnd, len(events), seconds, len(events) / seconds)
+        return _finish(run, fake)
+
+
+def _sdk_classes() -> Any:
+    from facebook_business.adobjects.serverside.user_data import UserData
+
+    class WhatsAppUserData(UserData):
+        """The SDK's UserData lacks whatsapp_business_account_id; Meta requires it for
+        business_messaging events, so it is added to what ``normalize()`` returns."""
+
+        def __init__(self, *, whatsapp_business_account_id: str, ctwa_clid: str) -> None:
+            super().__init__(ctwa_clid=ctwa_clid)
+            self.whatsapp_business_account_id = whatsapp_business_account_id
+
+        def normalize(self) -> dict[str, Any]:
+            payload: dict[str, Any] = super().normalize()
+            payload["whatsapp_business_account_id"] = self.whatsapp_business_account_id
+            return payload
+
+    return WhatsAppUserData
+
+
+def run_sdk(rows: list[dict[str, Any]], rnd: int) -> DispatchRun:
+    from facebook_business.adobjects.serverside.action_source import ActionSource
+    from facebook_business.adobjects.serverside.content import Content
+    from facebook_business.adobjects.serverside.custom_data import CustomData
+    from facebook_business.adobjects.serverside.event import Event
+    from facebook_business.adobjects.serverside.event_request import EventRequest
+    from facebook_business.adobjects.serverside.messaging_channel import MessagingChannel
+    from facebook_business.api import FacebookAdsApi
+
+    WhatsAppUserData = _sdk_classes()
+
+    def to_event(r: dict[str, Any]) -> Any:
+        custom = None
+        data = r["custom_data"]
+        if data:
+            contents = [
+                Content(product_id=c["id"], quantity=c["quantity"], item_price=c["item_price"])
+                for c in data.get("contents", ())
+            ]
+            custom = CustomData(
+                value=data.get("value"),
+                currency=data.get("currency"),
+                contents=contents or None,
+                num_items=data.get("num_items"),
+            )
+        return Event(
+            event_name=r["event_name"],
+            event_time=int(r["event_time"].timestamp()),
+            event_id=r["event_id"],
+            action_source=ActionSource.BUSINESS_MESSAGING,
+            messaging_channel=MessagingChannel.WHATSAPP,
+            user_data=WhatsAppUserData(
+                whatsapp_business_account_id=WABA_ID, ctwa_clid=r["ctwa_clid"]
+            ),
+            custom_data=custom,
+        )
+
+    with FakeProcess() as fake:
+        api = FacebookAdsApi.init(
+            access_token=common.GRAPH_TOKEN, api_version=GRAPH_VERSION, crash_log=False
+        )
+        # FacebookAdsApi.call builds "/".join((session.GRAPH, version, *path)): point it here.
+        api._session.GRAPH = fake.url
+        start = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            chunk = rows[i : i + BATCH]
+            response = EventRequest(
+                pixel_id=fake.dataset_id, events=[to_event(r) for r in chunk]
+            ).execute()
+            if response.events_received != len(chunk):
+                raise RuntimeError(f"sdk: short receipt {response.events_received}")
+        seconds = time.perf_counter() - start
+        api._session.requests.close()
+        run = DispatchRun("sdk", "-", rnd, len(rows), seconds, len(rows) / seconds)
+        return _finish(run, fake)
+
+
+def run_waconv(rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path) -> DispatchRun:
+    from waconv.accounts.registry import get_or_create_account
+    from waconv.config import load_settings
+    from waconv.conversions.dispatcher import Dispatcher
+    from waconv.models import Conversion
+    from waconv.services import Services
+
+    url = common.fresh_database(backend, workdir, "dispatch-waconv")
+    common.migrate(url)
+    with FakeProcess() as fake:
+        settings = load_settings(
+            environ={},
+            overrides={
+                "database_url": url,
+                "access_token": common.GRAPH_TOKEN,
+                "waba_id": WABA_ID,
+                "dataset_id": fake.dataset_id,
+                "graph_url": fake.url,
+                "graph_version": GRAPH_VERSION,
+                "app_secret": common.APP_SECRET,
+                "verify_token": common.VERIFY_TOKEN,
+                "secret_key": common.SECRET_KEY,
+                "rules_file": str(common.REPO / "config" / "rules.toml"),
+            },
+            dev_secrets_file=workdir / "no-dev-secrets.json",
+        )
+        services = Services.build(settings)
+        try:
+            with services.db.transaction() as session:
+                get_or_create_account(session, WABA_ID)
+                for i in range(0, len(rows), BATCH):
+                    session.execute(insert(Conversion), rows[i : i + BATCH])
+            dispatcher = Dispatcher(services)
+            start = time.perf_counter()
+            stats = dispatcher.run_once()
+            seconds = time.perf_counter() - start
+            with services.db.transaction() as session:
+                sent = session.scalar(
+                    select(func.count()).where(Conversion.status == Conversion.SENT)
+                )
+        finally:
+            services.close()
+        run = DispatchRun(
+            "waconv", backend, rnd, len(rows), seconds, len(rows) / seconds, db_sent=sent
+        )
+        if stats.sent != len(rows):
+            run.note = f"dispatcher reported {stats.sent} sent"
+        return _finish(run, fake)
+
+
+def run(*, events: int, rounds: int, backends: list[str], workdir: Path) -> DispatchResults:
+    common.log(f"dispatch: {events:,} events, {rounds} round(s)")
+    rows = make_rows(events)
+    prebuilt = meta_events(rows)
+    results = DispatchResults(events=events, rounds=rounds)
+    active = []
+    for backend in backends:
+        reason = common.postgres_available() if backend == "postgresql" else None
+        if reason is None:
+            active.append(backend)
+        else:
+            results.skipped[backend] = reason
+    for rnd in range(1, rounds + 1):
+        results.runs.append(run_plain(prebuilt, rnd))
+        results.runs.append(run_sdk(rows, rnd))
+        for backend in active:
+            results.runs.append(run_waconv(rows, backend, rnd, workdir))
+    return results
+
+
+def median_rate(results: DispatchResults, contender: str, backend: str = "-") -> float:
+    rates = [
+        r.events_per_s
+        for r in results.runs
+        if r.contender == contender and r.backend == backend and r.verified
+    ]
+    return statistics.median(rates) if rates else 0.0

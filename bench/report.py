@@ -1,0 +1,332 @@
+"""bench/RESULTS.md and bench/latency.png from bench/results.json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench import common
+
+RESULTS_JSON = common.BENCH_DIR / "results.json"
+RESULTS_MD = common.BENCH_DIR / "RESULTS.md"
+LATENCY_PNG = common.BENCH_DIR / "latency.png"
+
+# The targets of issue 7.
+INGEST_VS_PYWA = 2.0
+INGEST_VS_BARE = 0.5
+INGEST_P99_MS = 50.0
+DISPATCH_VS_SDK = 1.3
+DISPATCH_VS_PLAIN = 0.7
+
+PLOT_PERCENTILES = ("1", "5", "10", "25", "50", "75", "90", "95", "99", "99.5", "99.9", "99.99")
+
+
+def load() -> dict[str, Any]:
+    if RESULTS_JSON.exists():
+        data: dict[str, Any] = json.loads(RESULTS_JSON.read_text())
+        return data
+    return {}
+
+
+def save(data: dict[str, Any]) -> None:
+    RESULTS_JSON.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def _ingest_run(ingest: dict[str, Any], contender: str, backend: str) -> dict[str, Any] | None:
+    for run in ingest["runs"]:
+        if run["contender"] == contender and run["backend"] == backend:
+            found: dict[str, Any] = run
+            return found
+    return None
+
+
+def _ingest_section(ingest: dict[str, Any]) -> list[str]:
+    out = [
+        "## Webhook ingest",
+        "",
+        f"Measured {ingest['date']}. {ingest['deliveries']:,} distinct signed CTWA deliveries "
+        f"(body {ingest['body_bytes']['min']}-{ingest['body_bytes']['max']} bytes, mean "
+        f"{ingest['body_bytes']['mean']:.0f}), each posted once; {ingest['warmup']} other "
+        "deliveries warm each server up first and are not measured. A run still posting after "
+        f"{ingest.get('cap_seconds', 0):.0f} s stops sending new posts (those in flight are "
+        "awaited and counted); its figures cover the posts it made.",
+        "",
+        "| database | contender | posts | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
+        "| errors | stored |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in ingest["runs"]:
+        lat = run["latency_ms"]
+        if not lat:
+            out.append(
+                f"| {run['backend']} | {run['contender']} | — | — | — | — | — | — | — | "
+                f"{run['errors']} | {run['note']} |"
+            )
+            continue
+        stored = "—"
+        if run["verified"] is not None:
+            s = run["stored"]
+            if run["contender"] == "waconv":
+                stored = (
+                    f"{'yes' if run['verified'] else 'NO'}: "
+                    f"{s['webhook_deliveries']:,} deliveries ({s['processed']:,} processed, "
+                    f"{s.get('received', 0)} waiting, {s['failed']} failed), "
+                    f"{s['messages']:,} messages for {s['acknowledged']:,} 200s; "
+                    f"{s['conversions']:,} conversions queued"
+                )
+                if run.get("processed_after_s") is not None:
+                    stored += (
+                        f"; processing ({run.get('processing_mode', '?')}) done "
+                        f"{run['processed_after_s']:.1f} s after the last 200"
+                    )
+                if run.get("note"):
+                    stored += f"; {run['note']}"
+            else:
+                stored = (
+                    f"{'yes' if run['verified'] else 'NO'}: {s['pywa_ad_clicks']:,} clicks for "
+                    f"{s['acknowledged']:,} 200s"
+                )
+        posts = f"{run['posts']:,}"
+        if run.get("capped"):
+            posts += f" of {run['planned']:,} (time cap)"
+        out.append(
+            f"| {run['backend']} | {run['contender']} | {posts} | {run['rps']:,.0f} | "
+            f"{lat['50']:.1f} | "
+            f"{lat['90']:.1f} | {lat['99']:.1f} | {lat['99.9']:.1f} | {lat['max']:.1f} | "
+            f"{run['errors']} | {stored} |"
+        )
+    out += ["", "### Ingest against the targets", ""]
+    out += [
+        "| database | waconv/pywa (≥ 2.0) | waconv/bare (≥ 0.5) | waconv p99 (≤ 50 ms) | "
+        "errors (0) | every 200 stored | processed end to end (no target) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend in ("sqlite", "postgresql"):
+        w = _ingest_run(ingest, "waconv", backend)
+        p = _ingest_run(ingest, "pywa", backend)
+        b = _ingest_run(ingest, "bare", backend)
+        if w is None or p is None or b is None:
+            continue
+        vs_pywa = w["rps"] / p["rps"] if p["rps"] else 0.0
+        vs_bare = w["rps"] / b["rps"] if b["rps"] else 0.0
+        p99 = w["latency_ms"].get("99", float("inf"))
+        out.append(
+            f"| {backend} | {vs_pywa:.2f}x {_verdict(vs_pywa >= INGEST_VS_PYWA)} | "
+            f"{vs_bare:.2f}x {_verdict(vs_bare >= INGEST_VS_BARE)} | "
+            f"{p99:.1f} ms {_verdict(p99 <= INGEST_P99_MS)} | {w['errors']} "
+            f"{_verdict(w['errors'] == 0)} | {_verdict(bool(w['verified']))} | "
+            f"{_end_to_end(w, p)} |"
+        )
+    for backend, reason in ingest.get("skipped", {}).items():
+        out.append(f"\n{backend} was skipped: {reason}")
+    out += [
+        "",
+        "Commands (each server in turn, on a fresh database):",
+        "",
+        "```",
+    ]
+    seen = set()
+    for run in ingest["runs"]:
+        cmd = (
+            run["command"].split(" --bind ")[0]
+            + " --bind 127.0.0.1:PORT "
+            + run["command"].split(" ")[-1]
+        )
+        if cmd not in seen:
+            seen.add(cmd)
+            out.append(cmd)
+    out += [ingest["wrk_command"], "```", ""]
+    return out
+
+
+def _end_to_end(waconv: dict[str, Any], pywa: dict[str, Any]) -> str:
+    """Deliveries processed per second, from the first post until the last one was processed
+    (pywa processes in the request, so its rate is already end to end)."""
+    after = waconv.get("processed_after_s")
+    if after is None or not waconv["wall_s"]:
+        return "not all processed" if waconv.get("note") else "—"
+    rate = waconv["ok"] / (waconv["wall_s"] + after)
+    ratio = rate / pywa["rps"] if pywa["rps"] else 0.0
+    return f"{rate:,.0f}/s = {ratio:.2f}x pywa (last processed {after:.1f} s after the last 200)"
+
+
+def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
+    from bench.dispatch import DispatchResults, DispatchRun, median_rate
+
+    results = DispatchResults(
+        events=dispatch["events"],
+        rounds=dispatch["rounds"],
+        runs=[DispatchRun(**r) for r in dispatch["runs"]],
+        skipped=dispatch.get("skipped", {}),
+    )
+    out = [
+        "## Dispatch",
+        "",
+        f"Measured {dispatch['date']}. {results.events:,} conversions (40 % LeadSubmitted, 30 % "
+        "Purchase, 30 % InitiateCheckout with contents) to a fresh loopback FakeGraph process per "
+        f"contender, batches of 1,000; {results.rounds} round(s), contenders alternating; the "
+        "median round is reported. Every run was checked: the fake accepted every event exactly "
+        "once (and, for waconv, every outbox row is `sent`).",
+        "",
+        "| contender | database | median events/s | rounds (events/s) | all verified |",
+        "|---|---|---:|---|---|",
+    ]
+    keys = [("plain", "-"), ("sdk", "-")] + [
+        ("waconv", b) for b in ("sqlite", "postgresql") if b not in results.skipped
+    ]
+    for contender, backend in keys:
+        runs = [r for r in results.runs if r.contender == contender and r.backend == backend]
+        if not runs:
+            continue
+        out.append(
+            f"| {contender} | {backend} | {median_rate(results, contender, backend):,.0f} | "
+            f"{', '.join(f'{r.events_per_s:,.0f}' for r in runs)} | "
+            f"{'yes' if all(r.verified for r in runs) else 'NO'} |"
+        )
+    out += [
+        "",
+        "### Dispatch against the targets",
+        "",
+        "| database | waconv/SDK (≥ 1.3) | waconv/plain (≥ 0.7) |",
+        "|---|---|---|",
+    ]
+    sdk = median_rate(results, "sdk")
+    plain = median_rate(results, "plain")
+    for backend in ("sqlite", "postgresql"):
+        if backend in results.skipped:
+            out.append(f"| {backend} | skipped: {results.skipped[backend]} | |")
+            continue
+        w = median_rate(results, "waconv", backend)
+        vs_sdk = w / sdk if sdk else 0.0
+        vs_plain = w / plain if plain else 0.0
+        out.append(
+            f"| {backend} | {vs_sdk:.2f}x {_verdict(vs_sdk >= DISPATCH_VS_SDK)} | "
+            f"{vs_plain:.2f}x {_verdict(vs_plain >= DISPATCH_VS_PLAIN)} |"
+        )
+    out.append("")
+    return out
+
+
+def _machine_section(machine: dict[str, Any], commands: list[str]) -> list[str]:
+    pkgs = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+    return [
+        "## Machine",
+        "",
+        f"- CPU: {machine['cpu']}, `nproc` = {machine['nproc']}; memory {machine['memory']}; "
+        f"Linux {machine['kernel']}",
+        f"- load average when the run started: {machine['load_average_at_start']} (other "
+        "engineers' test suites share these 2 cores: compare ratios, not absolute figures)",
+        f"- Python {machine['python']}, SQLite {machine['sqlite']}, PostgreSQL "
+        f"{machine['postgresql']}, {machine['wrk']}",
+        f"- packages: {pkgs}",
+        "",
+        "Run with:",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+    ]
+
+
+METHOD = """## How it is measured
+
+- **Servers**: every contender runs under `gunicorn -c bench/gunicorn_bench.conf.py -w 4`, which
+  is `config/gunicorn.conf.py` as deployed (4 sync workers, timeout 30 s) with the access log
+  off. waconv is `wsgi:app` with the default rules (`config/rules.toml`) and log level INFO;
+  `bare` (bench/apps/bare.py) only checks `X-Hub-Signature-256`; `pywa`
+  (bench/apps/pywa_app.py) is `WhatsApp(server=flask_app, verify_token=…, app_secret=…,
+  validate_updates=True)` with an `on_message` handler upserting `(phone_number_id, wa_id) →
+  ctwa_clid` through SQLAlchemy, on SQLite with the same pragmas as waconv (WAL,
+  synchronous=NORMAL, busy timeout). Each database is fresh: a new SQLite file, or the
+  benchmark's own PostgreSQL database `waconv_bench`, dropped and created again
+  (`WACONV_BENCH_POSTGRES_URL` to point elsewhere; its name must start with `waconv_bench`).
+- **Load**: `wrk -t 2 -c 16` with bench/wrk/post_slices.lua. Each wrk thread posts its own
+  slice of the deliveries, each body exactly once. gunicorn's sync workers close the
+  connection after every answer and block on a connection that sends nothing, so a connection
+  whose slice is exhausted may not idle: it sends cheap filler requests (`GET /bench-filler`,
+  a 404) until every thread's last post is answered. Fillers are counted apart and are never
+  counted as posts or errors.
+- **Throughput** = posts answered / wall time from the first post to the last answer (taken in
+  the Lua script; wrk's own duration is its `-d` cap).
+- **Latency** = wrk's histogram (it applies wrk's coordinated-omission correction). The
+  fillers are the cheapest requests of the run, so the posts' p-th percentile is read as the
+  histogram's (F + p·N)/(N + F)-th (N posts, F fillers); `results.json` also keeps the raw
+  histogram percentiles.
+- **Errors** = non-2xx answers to posts + wrk socket errors + posts left unanswered.
+- **Stored**: after each waconv run, `webhook_deliveries` and `messages` must each hold one row
+  per 200 (warm-up included) and none may be `failed`; for pywa, one click row per 200.
+- **Dispatch**: see the section above; FakeGraph runs in its own process
+  (bench/fakegraph.py). Meta's SDK posts form-encoded `data=[…]` with `access_token` as a
+  parameter, which Meta accepts and waconv's FakeGraph does not parse; bench/fakegraph.py's
+  `MetaFormFakeGraph` turns such a request into the fake's JSON body and bearer header before
+  the fake handles it.
+"""
+
+
+def write(data: dict[str, Any], commands: list[str]) -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python -m bench` (`make bench`); `bench/results.json` holds every figure.",
+        "Each ratio compares figures measured in the same run.",
+        "",
+    ]
+    machine = data.get("machine")
+    if machine:
+        lines += _machine_section(machine, commands)
+    if "ingest" in data:
+        lines += _ingest_section(data["ingest"])
+    if "dispatch" in data:
+        lines += _dispatch_section(data["dispatch"])
+    if PROFILE_MD.exists():
+        # Written by hand after reading a profile; it names the run it comes from.
+        lines += [PROFILE_MD.read_text().strip(), ""]
+    lines += [METHOD]
+    RESULTS_MD.write_text("\n".join(lines))
+    if "ingest" in data:
+        plot_latency(data["ingest"])
+
+
+PROFILE_MD = common.BENCH_DIR / "PROFILE.md"
+
+
+def plot_latency(ingest: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = [
+        b for b in ("sqlite", "postgresql") if any(r["backend"] == b for r in ingest["runs"])
+    ]
+    fig, axes = plt.subplots(1, len(backends), figsize=(6 * len(backends), 4.5), squeeze=False)
+    colors = {"bare": "tab:gray", "pywa": "tab:orange", "waconv": "tab:blue"}
+    for ax, backend in zip(axes[0], backends, strict=True):
+        for run in ingest["runs"]:
+            if run["backend"] != backend or not run["latency_ms"]:
+                continue
+            ys = [run["latency_ms"][p] for p in PLOT_PERCENTILES]
+            ax.plot(
+                range(len(PLOT_PERCENTILES)),
+                ys,
+                marker="o",
+                label=f"{run['contender']} ({run['rps']:,.0f} req/s)",
+                color=colors.get(run["contender"]),
+            )
+        ax.axhline(INGEST_P99_MS, color="tab:red", linestyle="--", linewidth=1)
+        ax.text(0, INGEST_P99_MS * 1.08, "p99 target 50 ms", color="tab:red", fontsize=8)
+        ax.set_xticks(range(len(PLOT_PERCENTILES)))
+        ax.set_xticklabels([f"p{p}" for p in PLOT_PERCENTILES], rotation=45, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms, log scale)")
+        ax.set_title(f"Webhook ingest on {backend}: wrk -t 2 -c 16")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(LATENCY_PNG, dpi=110)
+    plt.close(fig)
