@@ -26,6 +26,7 @@ from waconv.conversions.events import (
     MAX_EVENT_AGE,
     InvalidConversion,
     event_id_for,
+    json_type,
     validate_custom_data,
     validate_event_name,
 )
@@ -69,7 +70,8 @@ def clean_text(field: str, value: object, *, max_length: int = MAX_IDENTIFIER) -
     (JSON allows ``"\\ud800"``). Refused here, they are a 400 instead of a 500.
     """
     if not isinstance(value, str):
-        raise bad_request("invalid_field", field, f"{field} must be a string, not {_kind(value)}")
+        kind = json_type(value)
+        raise bad_request("invalid_field", field, f"{field} must be a string, not {kind}")
     if not value:
         raise bad_request("invalid_field", field, f"{field} must not be empty")
     if len(value) > max_length:
@@ -109,22 +111,6 @@ def check_json_document(field: str, value: object, depth: int = 0) -> None:
             check_json_document(f"{field}[{i}]", item, depth + 1)
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def _invalid_conversion(exc: InvalidConversion) -> APIError:
     head = exc.field.split(".", 1)[0].split("[", 1)[0]
     code = {
@@ -155,7 +141,7 @@ class MarkRequest:
         """Check the body's shape and types; 400 with the field named otherwise."""
         if not isinstance(body, dict):
             raise bad_request(
-                "invalid_body", "body", f"the body must be a JSON object, not {_kind(body)}"
+                "invalid_body", "body", f"the body must be a JSON object, not {json_type(body)}"
             )
         unknown = sorted(str(key) for key in body if key not in MARK_FIELDS)
         if unknown:
@@ -256,7 +242,7 @@ def _unix_seconds(field: str, value: object) -> datetime:
         raise bad_request(
             "invalid_event_time",
             field,
-            f"{field} must be an integer of unix seconds, not {_kind(value)}",
+            f"{field} must be an integer of unix seconds, not {json_type(value)}",
         )
     if not 0 <= value <= MAX_UNIX_SECONDS:
         hint = (

@@ -113,7 +113,7 @@ def validate_event_name(name: object) -> str:
     if not isinstance(name, str):
         raise InvalidConversion(
             "event_name",
-            f"event_name must be a string, not {_json_type(name)}; "
+            f"event_name must be a string, not {json_type(name)}; "
             f"use one of: {_SORTED_EVENT_NAMES}",
         )
     if name in EVENT_NAMES:
@@ -183,7 +183,7 @@ def validate_custom_data(
         return None
     if not isinstance(custom_data, dict):
         raise InvalidConversion(
-            "custom_data", f"custom_data must be a JSON object, not {_json_type(custom_data)}"
+            "custom_data", f"custom_data must be a JSON object, not {json_type(custom_data)}"
         )
     data: dict[str, Any] = copy.deepcopy(custom_data)
     for key, value in data.items():
@@ -224,7 +224,7 @@ def _number(field: str, value: object, *, minimum: float | None = None) -> int |
     # bool is an int subclass in Python, and `true` is not an amount.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidConversion(
-            field, f"{field} must be a JSON number, not {_json_type(value)} ({value!r})"
+            field, f"{field} must be a JSON number, not {json_type(value)} ({value!r})"
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidConversion(field, f"{field} must be a finite number, not {value!r}")
@@ -236,7 +236,7 @@ def _number(field: str, value: object, *, minimum: float | None = None) -> int |
 def _integer(field: str, value: object, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidConversion(
-            field, f"{field} must be a JSON integer, not {_json_type(value)} ({value!r})"
+            field, f"{field} must be a JSON integer, not {json_type(value)} ({value!r})"
         )
     if value < minimum:
         raise InvalidConversion(field, f"{field} must be >= {minimum}, not {value!r}")
@@ -246,7 +246,7 @@ def _integer(field: str, value: object, *, minimum: int) -> int:
 def _string(field: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidConversion(
-            field, f"{field} must be a non-empty string, not {_json_type(value)} ({value!r})"
+            field, f"{field} must be a non-empty string, not {json_type(value)} ({value!r})"
         )
     return value
 
@@ -281,9 +281,7 @@ def _num_items(field: str, value: object) -> int:
 
 def _content_ids(field: str, value: object) -> list[str]:
     if not isinstance(value, list):
-        raise InvalidConversion(
-            field, f"{field} must be a list of strings, not {_json_type(value)}"
-        )
+        raise InvalidConversion(field, f"{field} must be a list of strings, not {json_type(value)}")
     return [_string(f"{field}[{i}]", item) for i, item in enumerate(value)]
 
 
@@ -298,13 +296,13 @@ def _content_type(field: str, value: object) -> str:
 def _contents(field: str, value: object) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise InvalidConversion(
-            field, f"{field} must be a list of objects with an 'id', not {_json_type(value)}"
+            field, f"{field} must be a list of objects with an 'id', not {json_type(value)}"
         )
     for i, item in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(item, dict):
             raise InvalidConversion(
-                where, f"{where} must be an object with an 'id', not {_json_type(item)}"
+                where, f"{where} must be an object with an 'id', not {json_type(item)}"
             )
         if "id" not in item:
             raise InvalidConversion(f"{where}.id", f"{where}.id is required (the product id)")
@@ -345,7 +343,7 @@ _CUSTOM_DATA_CHECKS: Mapping[str, _Check] = {
 }
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -410,7 +408,7 @@ def order_custom_data(product_items: list[dict[str, Any]]) -> dict[str, Any]:
     for i, item in enumerate(product_items):
         where = f"product_items[{i}]"
         if not isinstance(item, dict):
-            raise InvalidConversion(where, f"{where} must be an object, not {_json_type(item)}")
+            raise InvalidConversion(where, f"{where} must be an object, not {json_type(item)}")
         product_id = _string(f"{where}.product_retailer_id", item.get("product_retailer_id"))
         quantity = _webhook_quantity(f"{where}.quantity", item.get("quantity"))
         price = _webhook_decimal(f"{where}.item_price", item.get("item_price"))
@@ -451,7 +449,7 @@ def automatic_event_custom_data(custom_data: dict[str, Any] | None) -> dict[str,
         return None
     if not isinstance(custom_data, dict):
         raise InvalidConversion(
-            "custom_data", f"custom_data must be a JSON object, not {_json_type(custom_data)}"
+            "custom_data", f"custom_data must be a JSON object, not {json_type(custom_data)}"
         )
     data = copy.deepcopy(custom_data)
     if "value" in data:
@@ -465,7 +463,7 @@ def automatic_event_custom_data(custom_data: dict[str, Any] | None) -> dict[str,
 def _webhook_decimal(field: str, value: object) -> Decimal:
     # str() first: Decimal(7.99) would be 7.98999999999999932498...
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidConversion(field, f"{field} must be a number, not {_json_type(value)}")
+        raise InvalidConversion(field, f"{field} must be a number, not {json_type(value)}")
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
