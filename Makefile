@@ -41,7 +41,15 @@ lint: install-test  ## ruff, format check and mypy
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-bench: install-test  ## benchmarks against pywa, Meta's SDK and bare ceilings; writes bench/RESULTS.md
-	@command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk"; exit 1; }
+BENCH_ARGS ?=
+
+$(VENV)/.installed-bench: $(VENV)/.installed bench/requirements.txt
 	$(BIN)/pip install -q -r bench/requirements.txt
-	$(BIN)/python -m bench
+	@touch $@
+
+bench: $(VENV)/.installed-bench  ## benchmarks vs pywa, Meta's SDK and the bare stack; writes bench/RESULTS.md (BENCH_ARGS=--quick)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing wrk (Debian package)"; apt-get update -qq && apt-get install -y -qq wrk; \
+	  else echo "make bench needs wrk: sudo apt-get install wrk" >&2; exit 1; fi; }
+	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -91,8 +91,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
-        pool_recycle=1800,
+        # No pre-ping: it added a SELECT 1 round trip to every webhook request (measured
+        # 561 -> 836 req/s without it). A connection broken by a database restart fails once,
+        # the pool is invalidated, and Meta redelivers what got a 500.
+        pool_recycle=300,
     )
 
 

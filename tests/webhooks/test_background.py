@@ -94,3 +94,27 @@ def test_a_failing_delivery_does_not_stop_the_others(make_app, monkeypatch):
         texts = set(s.scalars(select(Message.text)))
     assert rows == {bad: WebhookDelivery.FAILED, good: WebhookDelivery.PROCESSED}
     assert texts == {"fine"}
+
+
+def test_one_processor_per_host_works_the_others_stand_by(make_app):
+    first = make_app(webhook_processing="background").extensions["waconv"]
+    second = make_app(webhook_processing="background").extensions["waconv"]
+    assert processor.lock_path(first) == processor.lock_path(second)
+    processor.ensure_running(first)
+    processor.ensure_running(second)
+    deadline = time.monotonic() + EFFECT_DEADLINE_SECONDS
+    while not _lock_taken(processor.lock_path(first)):  # one of the two threads takes it
+        assert time.monotonic() < deadline
+        time.sleep(0.02)  # waiting for another thread, not a time rule
+    # Whichever works, a delivery stored through the other is still processed.
+    body = encode(p.delivery(p.text("via the standby", wa_id="15550007777")))
+    ingest.store(second, body)
+    processor.wake(second)
+    while _statuses(second).get(WebhookDelivery.PROCESSED) != 1:
+        assert time.monotonic() < deadline, _statuses(second)
+        time.sleep(0.05)  # waiting for another thread, not a time rule
+
+
+def _lock_taken(path: str) -> bool:
+    with open(path, "a+b") as probe:
+        return not processor._try_lock(probe)

@@ -1,28 +1,38 @@
 """The background processor: applies stored deliveries a moment after their 200.
 
-One daemon thread per app process (each gunicorn worker has its own), started on the first
-request the process serves, so it survives gunicorn's fork and needs nothing but the app. It
-is woken after each stored delivery and also polls, so deliveries left ``received`` by a crash
-or by another process are picked up too. Processing and marking a delivery processed commit
-together: a process killed mid-way leaves the delivery ``received`` for the next pass.
+A daemon thread in each app process (each gunicorn worker), started on the first request the
+process serves, so it survives gunicorn's fork and needs nothing but the app. Only one of them
+per host and database works at a time (it holds an flock; the others wait to take over if it
+dies): measured, four processors on two cores fought each other and the requests for SQLite's
+write lock. The worker's thread is woken by its own requests; every stored delivery also
+touches the lock file, so the working processor sees the load and polls often enough to catch
+deliveries stored by the other workers, or left ``received`` by a crash. Processing and marking
+a delivery processed commit together: a process killed mid-way leaves it ``received`` for the
+next pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 from waconv.services import Services
 from waconv.webhooks.ingest import process_received
 
 log = logging.getLogger(__name__)
 
-# How often an idle processor looks for deliveries nobody woke it for (crash leftovers,
-# deliveries stored by a process that died before processing them).
-IDLE_POLL_SECONDS = 1.0
+# How often the working processor looks for deliveries nobody woke it for (stored by another
+# worker, or left by a crash); a standby one tries this often to take over.
+IDLE_POLL_SECONDS = 0.25
+STANDBY_POLL_SECONDS = 1.0
 # After an unexpected error (database down), wait this long before trying again.
 ERROR_PAUSE_SECONDS = 2.0
 # While requests keep arriving, the processor rests as long as it worked after each
@@ -44,18 +54,44 @@ class Processor:
         self.thread.start()
 
     def _busy(self) -> bool:
-        return time.monotonic() - self.last_request < BUSY_WINDOW_SECONDS
+        """Requests arrived lately, in this worker or (through the lock file) any other."""
+        try:
+            touched = os.stat(lock_path(self.services)).st_mtime
+        except OSError:
+            touched = 0.0
+        return (
+            time.monotonic() - self.last_request < BUSY_WINDOW_SECONDS
+            or time.time() - touched < BUSY_WINDOW_SECONDS
+        )
 
     def _run(self) -> None:
         log.info("webhook.processor.started pid=%s", self.pid)
-        while not self.stop.is_set():
-            self.wakeup.wait(IDLE_POLL_SECONDS)
-            self.wakeup.clear()
-            try:
-                drain(self.services, stop=self.stop, busy=self._busy)
-            except Exception:
-                log.exception("webhook.processor.error; trying again shortly")
-                self.stop.wait(ERROR_PAUSE_SECONDS)
+        with open(lock_path(self.services), "a+b") as lock_file:
+            while not self.stop.is_set():
+                if not _try_lock(lock_file):
+                    self.stop.wait(STANDBY_POLL_SECONDS)  # another worker processes
+                    continue
+                self.wakeup.wait(IDLE_POLL_SECONDS)
+                self.wakeup.clear()
+                try:
+                    drain(self.services, stop=self.stop, busy=self._busy)
+                except Exception:
+                    log.exception("webhook.processor.error; trying again shortly")
+                    self.stop.wait(ERROR_PAUSE_SECONDS)
+
+
+def lock_path(services: Services) -> str:
+    """One lock per host and database: the processors of all workers on it share this file."""
+    digest = hashlib.sha256(services.settings.database_url.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"waconv-processor-{digest}.lock")
+
+
+def _try_lock(lock_file: IO[bytes]) -> bool:
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True  # held until the file is closed: when the thread ends or the process dies
 
 
 def drain(
@@ -98,6 +134,8 @@ def wake(services: Services) -> None:
     processor = ensure_running(services)
     processor.last_request = time.monotonic()
     processor.wakeup.set()
+    with contextlib.suppress(OSError):
+        os.utime(lock_path(services))  # tells the working processor, in whichever worker
 
 
 def stop(services: Services) -> None:
