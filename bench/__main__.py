@@ -1,4 +1,4 @@
-"""``python -m bench [all|ingest|dispatch] [--quick]``: run, then write bench/RESULTS.md.
+"""``python -m bench [all|ingest|dispatch|report] [--quick]``: run, then write bench/RESULTS.md.
 
 ``make bench`` runs everything. A partial run (``ingest`` or ``dispatch``) replaces only its own
 part of bench/results.json and rewrites RESULTS.md from it.
