@@ -118,7 +118,7 @@ def _receive_inline(services: Services, raw: bytes, payload: dict[str, Any]) -> 
 
 # One processing transaction stops taking new deliveries after this long: on SQLite it holds
 # the write lock, and webhook requests wait behind it.
-PROCESS_BUDGET_SECONDS = 0.02
+PROCESS_BUDGET_SECONDS = 0.005
 PROCESS_BATCH = 20
 
 
