@@ -8,7 +8,9 @@ Tests that use the ``db_url`` fixture (directly or through ``app``) run once per
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,19 @@ def _empty_tables(url: str) -> None:
     engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def keep_root_logging() -> Iterator[None]:
+    """CLI commands configure the root logger (a handler bound to CliRunner's stream, which
+    is closed after the command): undo it after every test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def fake_graph() -> Iterator[FakeGraph]:
     with FakeGraph() as fake:
@@ -158,6 +173,13 @@ def services(app: Flask) -> Services:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (once the probing socket is closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def signed_headers(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:

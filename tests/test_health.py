@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import payloads as p
+from tests.conftest import free_port
 
 
 def test_healthz(client):
@@ -21,14 +20,8 @@ def test_readyz_when_the_database_answers(client):
     assert r.json["status"] == "ok"
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # nothing listens there once the socket is closed
-
-
 def test_readyz_is_503_when_postgresql_is_unreachable(make_app):
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/test?connect_timeout=2"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
     client = make_app(database_url=url).test_client()
     r = client.get("/readyz")
     assert r.status_code == 503
@@ -37,7 +30,7 @@ def test_readyz_is_503_when_postgresql_is_unreachable(make_app):
 
 
 def test_metrics_answer_while_the_database_is_down(make_app):
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/test?connect_timeout=2"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
     r = make_app(database_url=url).test_client().get("/metrics")
     assert r.status_code == 200
     assert "waconv_database_up 0.0" in r.text

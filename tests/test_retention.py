@@ -3,7 +3,6 @@ attribution, audits and redelivery detection need stays."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,18 +63,6 @@ def app(make_app: Callable[..., Flask], tmp_path: Path) -> Flask:
     rules = tmp_path / "retention-rules.toml"
     rules.write_text(RULES)
     return make_app(rules_file=str(rules))
-
-
-@pytest.fixture
-def keep_root_logging() -> Iterator[None]:
-    """The CLI configures the root logger (handler bound to CliRunner's stream): undo it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def post(client: FlaskClient, payload: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
@@ -283,7 +270,7 @@ def cli_env(services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_waconv_prune_uses_the_configured_retention(
-    services: Services, history: dict[str, Any], cli_env: dict[str, str], keep_root_logging: None
+    services: Services, history: dict[str, Any], cli_env: dict[str, str]
 ) -> None:
     runner = CliRunner()
 
@@ -304,7 +291,7 @@ def test_waconv_prune_uses_the_configured_retention(
 
 
 def test_waconv_prune_days_option(
-    services: Services, history: dict[str, Any], cli_env: dict[str, str], keep_root_logging: None
+    services: Services, history: dict[str, Any], cli_env: dict[str, str]
 ) -> None:
     runner = CliRunner()
     env = {**cli_env, "WACONV_RETENTION_DAYS": "365"}
@@ -317,7 +304,7 @@ def test_waconv_prune_days_option(
 
 
 def test_waconv_prune_refuses_a_negative_retention(
-    services: Services, cli_env: dict[str, str], keep_root_logging: None
+    services: Services, cli_env: dict[str, str]
 ) -> None:
     result = CliRunner().invoke(main, ["prune", "--days", "-1"], env=cli_env)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -35,15 +34,3 @@ def ready(services: Services) -> Services:
 @pytest.fixture
 def dispatcher(ready: Services) -> Dispatcher:
     return Dispatcher(ready)
-
-
-@pytest.fixture
-def keep_root_logging() -> Iterator[None]:
-    """The CLI configures the root logger (handler bound to CliRunner's stream): undo it."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)

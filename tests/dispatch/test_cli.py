@@ -57,7 +57,7 @@ def environment(services: Services) -> dict[str, str]:
 
 @pytest.fixture
 def waconv(
-    ready: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keep_root_logging: None
+    ready: Services, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Callable[..., Result]:
     """``waconv ARGS`` in this process, configured like the test app."""
     monkeypatch.chdir(tmp_path)  # no instance/dev-secrets.json of a developer's clone

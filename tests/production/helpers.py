@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,19 +21,19 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ACCESS_TOKEN, ADMIN_TOKEN, APP_SECRET, SECRET_KEY, VERIFY_TOKEN
+from tests.conftest import (
+    ACCESS_TOKEN,
+    ADMIN_TOKEN,
+    APP_SECRET,
+    SECRET_KEY,
+    VERIFY_TOKEN,
+)
 from waconv.graph.fake import FakeGraph
 
 ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 30.0  # a fresh interpreter importing flask, sqlalchemy ... on a busy machine
 STOP_SECONDS = 15.0  # SIGTERM: the batch in flight finishes first (one request at most)
 POLL_SECONDS = 0.02  # how often bounded loops look again (other processes, not time rules)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def poll(condition: Callable[[], object], seconds: float, what: str) -> float:

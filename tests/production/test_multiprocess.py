@@ -26,7 +26,7 @@ import requests
 from sqlalchemy import func, select
 
 from tests import payloads as p
-from tests.conftest import encode, signed_headers
+from tests.conftest import encode, free_port, signed_headers
 from tests.dispatch.helpers import enqueue_many, setup_account
 from tests.production.conftest import GRAPH_TIMEOUT_SECONDS
 from tests.production.helpers import (
@@ -36,7 +36,6 @@ from tests.production.helpers import (
     TracingFakeGraph,
     dispatch_command,
     environment,
-    free_port,
     gunicorn_command,
     owner_of_connection,
     poll,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import requests
 from sqlalchemy import select
 
 from tests import payloads as p
-from tests.conftest import APP_SECRET, SECRET_KEY, VERIFY_TOKEN, encode, signed_headers
+from tests.conftest import APP_SECRET, SECRET_KEY, VERIFY_TOKEN, encode, free_port, signed_headers
 from waconv.config import load_settings
 from waconv.db import Database
 from waconv.models import Message, WebhookDelivery
@@ -25,12 +24,6 @@ from waconv.webhooks import processor
 ROOT = Path(__file__).resolve().parents[2]
 DELIVERIES = 25
 STARTUP_SECONDS = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _command(server: str, port: int) -> list[str]:
@@ -69,7 +62,7 @@ def _wait_until_healthy(http: requests.Session, url: str, process: subprocess.Po
 @pytest.mark.slow
 @pytest.mark.parametrize("server", ["serve", "gunicorn"])
 def test_acknowledged_deliveries_survive_kill_9(db_url, rules_path, tmp_path, server):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WACONV_")}
     env.update(
         WACONV_DATABASE_URL=db_url,
