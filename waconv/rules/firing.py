@@ -8,6 +8,7 @@ so a redelivered or replayed message fires nothing new.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +72,50 @@ def _fire(
     return None
 
 
+def _fire_matching(
+    session: Session,
+    matched: list[Rule],
+    carried: Callable[[], dict[str, Any] | None],
+    *,
+    waba_id: str,
+    conversation: Conversation | None,
+    ctwa_clid: str,
+    keys: tuple[str, ...],
+    event_time: datetime,
+    extra: dict[str, Any] | None = None,
+) -> list[str]:
+    """Enqueue what each matched rule fires; ``carried`` (the order's or Meta's custom_data)
+    is computed once, and only when a rule matched. Returns the refusals."""
+    if not matched:
+        return []
+    try:
+        data = carried()
+    except InvalidConversion as exc:
+        return [f"rule {rule.name!r}: {exc}" for rule in matched]
+    refusals = []
+    for rule in matched:
+        refused = _fire(
+            session,
+            rule,
+            waba_id=waba_id,
+            conversation=conversation,
+            ctwa_clid=ctwa_clid,
+            event_id=rule_event_id(rule, ctwa_clid, *keys),
+            event_time=event_time,
+            custom_data=rule.event_custom_data(data) or None,
+            extra=extra,
+        )
+        if refused:
+            refusals.append(refused)
+    return refusals
+
+
+def _order_custom_data(message: dict[str, Any]) -> dict[str, Any]:
+    order = message.get("order")
+    items = order.get("product_items") if isinstance(order, dict) else None
+    return order_custom_data(items if isinstance(items, list) else [])
+
+
 def fire_message_rules(
     session: Session,
     rules: RuleSet,
@@ -83,37 +128,20 @@ def fire_message_rules(
     message: dict[str, Any],
 ) -> list[str]:
     """Rules with ``on = "message"`` or ``on = "order"``; only for conversations with a click."""
-    candidates = rules.for_trigger(trigger)
     clid = conversation.ctwa_clid
-    if not candidates or clid is None:
+    if clid is None:
         return []
-    refusals = []
-    for rule in candidates:
-        if not rule.matches(text, message_type):
-            continue
-        carried = None
-        if trigger == "order":
-            order = message.get("order") if isinstance(message.get("order"), dict) else {}
-            items = order.get("product_items") if isinstance(order, dict) else None
-            try:
-                carried = order_custom_data(items if isinstance(items, list) else [])
-            except InvalidConversion as exc:
-                refusals.append(f"rule {rule.name!r}: {exc}")
-                continue
-        custom = rule.event_custom_data(carried)
-        refused = _fire(
-            session,
-            rule,
-            waba_id=conversation.waba_id,
-            conversation=conversation,
-            ctwa_clid=clid,
-            event_id=rule_event_id(rule, clid, wamid),
-            event_time=timestamp,
-            custom_data=custom or None,
-        )
-        if refused:
-            refusals.append(refused)
-    return refusals
+    matched = [r for r in rules.for_trigger(trigger) if r.matches(text, message_type)]
+    return _fire_matching(
+        session,
+        matched,
+        (lambda: _order_custom_data(message)) if trigger == "order" else (lambda: None),
+        waba_id=conversation.waba_id,
+        conversation=conversation,
+        ctwa_clid=clid,
+        keys=(wamid,),
+        event_time=timestamp,
+    )
 
 
 def fire_automatic_event(
@@ -128,35 +156,20 @@ def fire_automatic_event(
     event: dict[str, Any],
 ) -> list[str]:
     """Meta-detected purchases and leads, forwarded only when a rule asks for them."""
-    candidates = rules.for_trigger("automatic_event")
     clid = ctwa_clid or (conversation.ctwa_clid if conversation else None)
-    if not candidates or clid is None:
+    if clid is None:
         return []
-    refusals = []
-    for rule in candidates:
-        if not rule.matches(event_name, None):
-            continue
-        raw_custom = event.get("custom_data")
-        try:
-            custom = automatic_event_custom_data(
-                raw_custom if isinstance(raw_custom, dict) else None
-            )
-        except InvalidConversion as exc:
-            refusals.append(f"rule {rule.name!r}: {exc}")
-            continue
-        merged = rule.event_custom_data(custom)
-        refused = _fire(
-            session,
-            rule,
-            waba_id=waba_id,
-            conversation=conversation,
-            ctwa_clid=clid,
-            event_id=rule_event_id(rule, clid, wamid, event_name),
-            event_time=timestamp,
-            custom_data=merged or None,
-            # Meta's own example marks forwarded automatic events this way.
-            extra={"messaging_outcome_data": {"outcome_type": "automatic_events"}},
-        )
-        if refused:
-            refusals.append(refused)
-    return refusals
+    matched = [r for r in rules.for_trigger("automatic_event") if r.matches(event_name, None)]
+    raw = event.get("custom_data")
+    return _fire_matching(
+        session,
+        matched,
+        lambda: automatic_event_custom_data(raw if isinstance(raw, dict) else None),
+        waba_id=waba_id,
+        conversation=conversation,
+        ctwa_clid=clid,
+        keys=(wamid, event_name),
+        event_time=timestamp,
+        # Meta's own example marks forwarded automatic events this way.
+        extra={"messaging_outcome_data": {"outcome_type": "automatic_events"}},
+    )
