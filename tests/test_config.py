@@ -82,3 +82,15 @@ def test_repr_hides_secrets(tmp_path):
     )
     assert "EAAsecretvalue" not in repr(s)
     assert "appsecret99" not in repr(s)
+
+
+def test_a_test_event_code_is_warned_about_at_start(make_app, caplog):
+    make_app(test_event_code="TEST12345")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("config.test_event_code") for m in warnings)
+    assert not any("TEST12345" in m for m in warnings)  # says it is set, not what it is
+
+
+def test_no_warning_without_a_test_event_code(make_app, caplog):
+    make_app()
+    assert not any("test_event_code" in r.getMessage() for r in caplog.records)
