@@ -7,11 +7,14 @@ The edge (a request, a CLI command, one dispatcher step) owns the transaction: i
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
@@ -98,6 +101,50 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     )
 
 
+class WriterQueue:
+    """Makes SQLite's writers wait in line instead of polling for the write lock.
+
+    SQLite lets one transaction write at a time; the others retry from its busy handler,
+    which sleeps 1, 2, 5, 10, 15, 20, 25 ms and more between tries, so a writer often sleeps
+    well past the moment the lock was free (measured: webhook p99 of 150 ms to 2 s under load
+    beside the processor). Our transactions first take an flock on a file beside the
+    database, which the kernel hands to the next waiter as soon as it is released: the
+    processes of one host then write in turn. Only a queue: SQLite's own locking still
+    guards the data, and a writer that skips the queue (another tool) is still safe.
+    """
+
+    def __init__(self, database_path: str) -> None:
+        self.path = f"{database_path}-writers.lock"
+        self.threads = threading.RLock()  # an flock does not exclude threads of one process
+        self.depth = 0
+        self.file: IO[bytes] | None = None
+        self.pid = 0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        with self.threads:
+            if self.depth == 0:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    fcntl.flock(self._file(), fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def _file(self) -> IO[bytes]:
+        if self.file is None or self.pid != os.getpid():  # not shared with a forked child
+            self.file = open(self.path, "a+b")  # noqa: SIM115 (kept open for the process)
+            self.pid = os.getpid()
+        return self.file
+
+
 class Database:
     """The engine and session factory of one app or CLI run."""
 
@@ -105,19 +152,60 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        path = self.engine.url.database if self.dialect == "sqlite" else None
+        self.writers = WriterQueue(path) if path and path != ":memory:" else None
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def write_turn(self) -> contextlib.AbstractContextManager[None]:
+        """On SQLite, wait for this process's turn to write (see WriterQueue); else nothing."""
+        return self.writers.turn() if self.writers else contextlib.nullcontext()
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: commit on success, roll back on any exception."""
-        with self.sessions() as session, session.begin():
+        with self.write_turn(), self.sessions() as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def autocommit_cursor(self) -> Iterator[Any]:
+        """A driver cursor on a pooled connection, each statement its own transaction.
+
+        For the webhook's store, the one statement of a request: without SQLAlchemy's
+        statement handling and without BEGIN and COMMIT round trips, it measured 0.53-0.61 ms
+        of CPU down to 0.13-0.18 ms. Parameters use the driver's placeholders
+        (``self.placeholder``). A connection that raised is discarded, not reused.
+        """
+        pooled = self.engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        postgres = self.dialect == "postgresql"
+        try:
+            if postgres:
+                driver.autocommit = True  # SQLite's connections are in autocommit already
+            cursor = driver.cursor()
+            try:
+                with self.write_turn():
+                    yield cursor
+            finally:
+                cursor.close()
+            if postgres:
+                driver.autocommit = False
+        except BaseException:
+            pooled.invalidate()
+            raise
+        finally:
+            pooled.close()
+
+    @property
+    def placeholder(self) -> str:
+        return "%s" if self.dialect == "postgresql" else "?"
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.writers:
+            self.writers.close()
 
 
 @functools.cache
