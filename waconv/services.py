@@ -26,6 +26,8 @@ class Services:
     _graph: GraphClient | None = field(default=None, repr=False)
     # This process's webhook processor thread (background mode), see waconv.webhooks.processor.
     _processor: Any = field(default=None, repr=False)
+    # WABA ids found registered: webhook processing inserts each once per process.
+    known_accounts: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -7,10 +7,13 @@ withheld), or both.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from waconv.clock import isoformat
@@ -31,31 +34,53 @@ AD_FIELDS = (
 )
 
 
-def ensure_account(session: Session, waba_id: str) -> None:
-    """A WABA first seen in a webhook is registered with the default settings."""
-    insert_or_ignore(session, Account, {"waba_id": waba_id, "status": Account.ACTIVE})
+def ensure_account(session: Session, waba_id: str, known: set[str] | None = None) -> None:
+    """A WABA first seen in a webhook is registered with the default settings.
+
+    ``known``: WABA ids found already registered (a set the caller keeps, e.g. per process),
+    so a busy account costs one INSERT per process, not one per delivery. Only rows that were
+    there before are remembered: one inserted here may still be rolled back.
+    """
+    if known is not None and waba_id in known:
+        return
+    new_id = insert_or_ignore(session, Account, {"waba_id": waba_id, "status": Account.ACTIVE})
+    if new_id is None and known is not None:
+        known.add(waba_id)
+
+
+# FOR UPDATE (PostgreSQL; SQLite serializes writers anyway): a concurrent delivery for the same
+# conversation waits here and then reads what the other committed. Without it, both decide
+# from the same old row and the later commit overwrites a newer click or time. Built once: the
+# hot path of webhook processing.
+_FIND = (
+    select(Conversation)
+    .where(
+        Conversation.phone_number_id == bindparam("phone_number_id"),
+        or_(
+            Conversation.user_id == bindparam("user_id"),
+            Conversation.wa_id == bindparam("wa_id"),
+        ),
+    )
+    .with_for_update()
+)
 
 
 def _find(
     session: Session, phone_number_id: str, wa_id: str | None, user_id: str | None
 ) -> Conversation | None:
-    # FOR UPDATE (PostgreSQL; SQLite serializes writers anyway): a concurrent delivery for the
-    # same conversation waits here and then reads what the other committed. Without it, both
-    # decide from the same old row and the later commit overwrites a newer click or time.
+    """By user_id first (the stable id), else by wa_id: one query for both."""
+    if not (user_id or wa_id):
+        return None
+    found = session.scalars(
+        _FIND, {"phone_number_id": phone_number_id, "user_id": user_id, "wa_id": wa_id}
+    ).all()
     if user_id:
-        found = session.scalar(
-            select(Conversation)
-            .where(Conversation.phone_number_id == phone_number_id, Conversation.user_id == user_id)
-            .with_for_update()
-        )
-        if found is not None:
-            return found
-    if wa_id:
-        return session.scalar(
-            select(Conversation)
-            .where(Conversation.phone_number_id == phone_number_id, Conversation.wa_id == wa_id)
-            .with_for_update()
-        )
+        for conversation in found:
+            if conversation.user_id == user_id:
+                return conversation
+    for conversation in found:
+        if wa_id and conversation.wa_id == wa_id:
+            return conversation
     return None
 
 
@@ -68,6 +93,13 @@ def _taken(session: Session, phone_number_id: str, column: Any, value: str) -> b
         )
         is not None
     )
+
+
+@functools.cache
+def _insert_conversation(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the new row, as an ORM object: no SELECT."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(Conversation).on_conflict_do_nothing().returning(Conversation)
 
 
 def resolve_conversation(
@@ -93,13 +125,11 @@ def resolve_conversation(
             "profile_name": profile_name,
             "username": username,
         }
-        new_id = insert_or_ignore(session, Conversation, values)
-        # None: another delivery created it a moment ago (the insert waited for it).
-        conversation = (
-            session.get(Conversation, new_id)
-            if new_id is not None
-            else _find(session, phone_number_id, wa_id, user_id)
-        )
+        statement = _insert_conversation(session.get_bind().dialect.name)
+        conversation = session.scalars(statement, [values]).first()
+        if conversation is None:
+            # Another delivery created it a moment ago (the insert waited for it).
+            conversation = _find(session, phone_number_id, wa_id, user_id)
         assert conversation is not None
         return conversation
     # Learn the missing identifier, unless another conversation already holds it (the user

@@ -209,7 +209,7 @@ def process_payload(
                 session, delivery_id, "entry without a WhatsApp Business Account id", entry
             )
             continue
-        store.ensure_account(session, waba_id)
+        store.ensure_account(session, waba_id, services.known_accounts)
         for change in _list(entry.get("changes")):
             change = _dict(change)
             value = _dict(change.get("value"))
