@@ -1,97 +1,154 @@
 """The background processor: applies stored deliveries a moment after their 200.
 
-A daemon thread in each app process (each gunicorn worker), started on the first request the
-process serves, so it survives gunicorn's fork and needs nothing but the app. Only one of them
-per host and database works at a time (it holds an flock; the others wait to take over if it
-dies): measured, four processors on two cores fought each other and the requests for SQLite's
-write lock. The worker's thread is woken by its own requests; every stored delivery also
-touches the lock file, so the working processor sees the load and polls often enough to catch
-deliveries stored by the other workers, or left ``received`` by a crash. Processing and marking
-a delivery processed commit together: a process killed mid-way leaves it ``received`` for the
-next pass.
+It needs nothing but the app (``gunicorn wsgi:app`` or ``waconv serve``). Each app process
+(each gunicorn worker) runs a supervisor thread, started on the first request it serves, so
+after gunicorn's fork. One supervisor per host and database holds an flock; it starts the
+processor as a child process at lower CPU priority (nice 10), passes it the lock, and starts
+it again if it dies. The other supervisors wait to take over if their worker dies.
+
+Why a child process and not a thread of the worker: measured under load, a processing thread
+competes with its worker's requests for the GIL, and four of them fought each other and the
+requests for SQLite's write lock. In a process of its own at nice 10, the kernel gives the
+requests the CPU during a burst and the backlog is processed as soon as the burst ends.
+
+Every stored delivery touches the lock file; the processor watches its time stamp, so it sees
+deliveries stored by any worker within ``WATCH_SECONDS``, and it looks in the database every
+``IDLE_POLL_SECONDS`` anyway, for deliveries left ``received`` by a crash. Processing and
+marking a delivery processed commit together: a processor killed mid-way leaves it
+``received`` for the next pass. If the worker that started it dies, the processor notices
+(its parent changes), finishes its transaction and exits, which frees the lock for another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import IO
 
+from waconv.config import Settings
 from waconv.services import Services
 from waconv.webhooks.ingest import process_received
 
 log = logging.getLogger(__name__)
 
-# How often the working processor looks for deliveries nobody woke it for (stored by another
-# worker, or left by a crash); a standby one tries this often to take over.
-IDLE_POLL_SECONDS = 0.25
+# How soon the processor sees a delivery stored by any worker (it watches the lock file).
+WATCH_SECONDS = 0.02
+# How often it looks in the database for deliveries nobody announced (left by a crash).
+IDLE_POLL_SECONDS = 1.0
+# How often a standby supervisor tries to take over.
 STANDBY_POLL_SECONDS = 1.0
-# After an unexpected error (database down), wait this long before trying again.
+# After the processor died or hit an unexpected error (database down), wait this long.
 ERROR_PAUSE_SECONDS = 2.0
-# While requests keep arriving, the processor rests as long as it worked after each
-# transaction: Meta's requests get the CPU (and SQLite's write lock) at least half the time,
-# and the backlog is caught up when the burst ends.
+# The processor's CPU priority: below the web workers, which answer Meta.
+NICENESS = 0
+# How long Services.close() waits for the processor to finish its transaction.
+STOP_TIMEOUT_SECONDS = 10.0
+# While requests arrive (the lock file was touched this recently), the processor rests after
+# each transaction BUSY_REST_FACTOR times as long as the transaction took.
 BUSY_WINDOW_SECONDS = 0.2
+BUSY_REST_FACTOR = 3.0
+CHILD_COMMAND = "from waconv.webhooks.processor import child_main; child_main()"
 
 
-class Processor:
+class Supervisor:
+    """This app process's thread: takes the host's lock when free, and runs the processor."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
         self.pid = os.getpid()
-        self.wakeup = threading.Event()
         self.stop = threading.Event()
-        self.last_request = 0.0  # time.monotonic() of the latest stored delivery
-        self.thread = threading.Thread(target=self._run, name="webhook-processor", daemon=True)
+        self.child: subprocess.Popen[bytes] | None = None
+        self.thread = threading.Thread(target=self._run, name="webhook-supervisor", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
-    def _busy(self) -> bool:
-        """Requests arrived lately, in this worker or (through the lock file) any other."""
-        try:
-            touched = os.stat(lock_path(self.services)).st_mtime
-        except OSError:
-            touched = 0.0
-        return (
-            time.monotonic() - self.last_request < BUSY_WINDOW_SECONDS
-            or time.time() - touched < BUSY_WINDOW_SECONDS
-        )
-
     def _run(self) -> None:
-        log.info("webhook.processor.started pid=%s", self.pid)
         with open(lock_path(self.services), "a+b") as lock_file:
             while not self.stop.is_set():
                 if not _try_lock(lock_file):
-                    self.stop.wait(STANDBY_POLL_SECONDS)  # another worker processes
+                    self.stop.wait(STANDBY_POLL_SECONDS)  # another worker's processor works
                     continue
-                self.wakeup.wait(IDLE_POLL_SECONDS)
-                self.wakeup.clear()
                 try:
-                    drain(self.services, stop=self.stop, busy=self._busy)
+                    self._supervise(lock_file)
                 except Exception:
-                    log.exception("webhook.processor.error; trying again shortly")
-                    self.stop.wait(ERROR_PAUSE_SECONDS)
+                    log.exception("webhook.processor.error; starting it again shortly")
+                self.stop.wait(ERROR_PAUSE_SECONDS)
+
+    def _supervise(self, lock_file: IO[bytes]) -> None:
+        """Run the processor until it exits or this worker stops; the child shares the lock."""
+        child = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
+            [sys.executable, "-c", CHILD_COMMAND],
+            stdin=subprocess.PIPE,
+            pass_fds=(lock_file.fileno(),),
+        )
+        self.child = child
+        assert child.stdin is not None
+        with child.stdin:
+            child.stdin.write(json.dumps(dataclasses.asdict(self.services.settings)).encode())
+        log.info("webhook.processor.started pid=%s", child.pid)
+        while child.poll() is None:
+            if self.stop.wait(0.5):
+                child.terminate()  # it finishes its transaction first
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(STOP_TIMEOUT_SECONDS)
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+                return
+        log.error("webhook.processor.exited code=%s; starting it again", child.returncode)
 
 
-def lock_path(services: Services) -> str:
-    """One lock per host and database: the processors of all workers on it share this file."""
-    digest = hashlib.sha256(services.settings.database_url.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"waconv-processor-{digest}.lock")
+def child_main() -> None:
+    """The processor process: ``python -c CHILD_COMMAND``, settings on stdin, lock inherited."""
+    from waconv.logs import configure_logging
 
-
-def _try_lock(lock_file: IO[bytes]) -> bool:
+    values = json.load(sys.stdin)
+    settings = Settings(**{**values, "dev_secrets": tuple(values["dev_secrets"])})
+    configure_logging(settings)
+    parent = os.getppid()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    os.nice(NICENESS)
+    services = Services.build(settings)
     try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True  # held until the file is closed: when the thread ends or the process dies
+        run(services, stop=stop, alive=lambda: os.getppid() == parent)
+    finally:
+        services.close()
+
+
+def run(services: Services, *, stop: threading.Event, alive: Callable[[], bool]) -> None:
+    """Process deliveries as they are announced, until stopped or orphaned."""
+    path = lock_path(services)
+    seen = -1.0
+    last_poll = 0.0
+
+    def busy() -> bool:
+        return time.time() - _mtime(path) < BUSY_WINDOW_SECONDS
+
+    while not stop.is_set() and alive():
+        touched = _mtime(path)
+        if touched != seen or time.monotonic() - last_poll >= IDLE_POLL_SECONDS:
+            seen, last_poll = touched, time.monotonic()
+            try:
+                drain(services, stop=stop, busy=busy)
+            except Exception:
+                log.exception("webhook.processor.error; trying again shortly")
+                stop.wait(ERROR_PAUSE_SECONDS)
+        stop.wait(WATCH_SECONDS)
 
 
 def drain(
@@ -100,47 +157,74 @@ def drain(
     stop: threading.Event | None = None,
     busy: Callable[[], bool] | None = None,
 ) -> int:
-    """Process every stored delivery, in short transactions; return how many."""
+    """Process every stored delivery, in short transactions; return how many.
+
+    While requests keep arriving (``busy``), rest after each transaction as long as it took:
+    on SQLite the requests' inserts wait for the write lock that a transaction holds, and the
+    driver's busy handler retries only after sleeping 1, 2, 5, 10 ms and more, so a processor
+    going straight into its next transaction would starve them.
+    """
     total = 0
     while stop is None or not stop.is_set():
         started = time.monotonic()
         done = process_received(services)
         total += done
         if done == 0:
-            return total
+            break
         if busy is not None and busy():
-            time.sleep(time.monotonic() - started)
+            time.sleep(BUSY_REST_FACTOR * (time.monotonic() - started))
     return total
+
+
+def lock_path(services: Services) -> str:
+    """One lock per host and database: the supervisors of all workers on it share this file."""
+    digest = hashlib.sha256(services.settings.database_url.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"waconv-processor-{digest}.lock")
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _try_lock(lock_file: IO[bytes]) -> bool:
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    # Held until every descriptor of this open file is closed: the supervisor's and the
+    # processor's, which inherits it.
+    return True
 
 
 _lock = threading.Lock()
 
 
-def ensure_running(services: Services) -> Processor:
-    """Start this process's processor if it is not running (after a fork, for instance)."""
-    processor: Processor | None = services._processor
-    if processor is not None and processor.pid == os.getpid() and processor.thread.is_alive():
-        return processor
+def ensure_running(services: Services) -> Supervisor:
+    """Start this process's supervisor if it is not running (after a fork, for instance)."""
+    supervisor: Supervisor | None = services._processor
+    if supervisor is not None and supervisor.pid == os.getpid() and supervisor.thread.is_alive():
+        return supervisor
     with _lock:
-        processor = services._processor
-        if processor is None or processor.pid != os.getpid() or not processor.thread.is_alive():
-            processor = Processor(services)
-            services._processor = processor
-            processor.start()
-    return processor
+        supervisor = services._processor
+        if supervisor is None or supervisor.pid != os.getpid() or not supervisor.thread.is_alive():
+            supervisor = Supervisor(services)
+            services._processor = supervisor
+            supervisor.start()
+    return supervisor
 
 
 def wake(services: Services) -> None:
-    processor = ensure_running(services)
-    processor.last_request = time.monotonic()
-    processor.wakeup.set()
+    """Announce a stored delivery to the processor, whichever worker started it."""
+    ensure_running(services)
     with contextlib.suppress(OSError):
-        os.utime(lock_path(services))  # tells the working processor, in whichever worker
+        os.utime(lock_path(services))
 
 
 def stop(services: Services) -> None:
-    processor: Processor | None = services._processor
-    if processor is not None and processor.pid == os.getpid():
-        processor.stop.set()
-        processor.wakeup.set()
-        processor.thread.join(timeout=10)
+    supervisor: Supervisor | None = services._processor
+    if supervisor is not None and supervisor.pid == os.getpid():
+        supervisor.stop.set()
+        supervisor.thread.join(timeout=STOP_TIMEOUT_SECONDS + 5)
