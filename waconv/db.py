@@ -6,6 +6,7 @@ The edge (a request, a CLI command, one dispatcher step) owns the transaction: i
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import functools
@@ -140,9 +141,29 @@ class WriterQueue:
 
     def _file(self) -> IO[bytes]:
         if self.file is None or self.pid != os.getpid():  # not shared with a forked child
+            if self.file is not None:
+                self.file.close()  # this process's copy only: the parent's lock stays
             self.file = open(self.path, "a+b")  # noqa: SIM115 (kept open for the process)
             self.pid = os.getpid()
         return self.file
+
+
+_writer_queues: dict[str, WriterQueue] = {}
+_writer_queues_lock = threading.Lock()
+
+
+@atexit.register
+def _close_writer_queues() -> None:
+    for queue in _writer_queues.values():
+        queue.close()
+
+
+def _writer_queue(database_path: str) -> WriterQueue:
+    """One queue per database file and process, whichever Database objects use it: two
+    queues in one thread would wait for each other for ever."""
+    key = os.path.abspath(database_path)
+    with _writer_queues_lock:
+        return _writer_queues.setdefault(key, WriterQueue(key))
 
 
 class Database:
@@ -153,7 +174,7 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         path = self.engine.url.database if self.dialect == "sqlite" else None
-        self.writers = WriterQueue(path) if path and path != ":memory:" else None
+        self.writers = _writer_queue(path) if path and path != ":memory:" else None
 
     @property
     def dialect(self) -> str:
@@ -204,8 +225,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self.writers:
-            self.writers.close()
 
 
 @functools.cache

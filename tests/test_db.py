@@ -1,0 +1,53 @@
+"""Database plumbing: SQLite's writers queue, the store's autocommit cursor."""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from tests import payloads as p
+from tests.conftest import encode
+from waconv.models import WebhookDelivery
+from waconv.webhooks import ingest
+
+
+def _count(services) -> int:
+    with services.db.transaction() as s:
+        return int(s.scalar(select(func.count()).select_from(WebhookDelivery)) or 0)
+
+
+def test_sqlite_writers_wait_their_turn_on_the_queue(services):
+    db = services.db
+    if db.dialect != "sqlite":
+        assert db.writers is None  # PostgreSQL queues writers itself
+        return
+    body = encode(p.delivery(p.text("queued", wa_id="15550004444")))
+    results = []
+    with open(db.writers.path, "a+b") as other_process:  # its own open file: another writer
+        fcntl.flock(other_process, fcntl.LOCK_EX)
+        writer = threading.Thread(target=lambda: results.append(ingest.store(services, body)))
+        writer.start()
+        writer.join(timeout=0.3)  # bounded wait for another thread, not a time rule
+        assert writer.is_alive(), "the store did not wait for the writer ahead of it"
+        fcntl.flock(other_process, fcntl.LOCK_UN)
+    writer.join(timeout=10)
+    assert [r.outcome for r in results] == ["stored"]
+    assert _count(services) == 1
+
+
+def test_a_failed_store_leaves_the_next_one_working(services, monkeypatch):
+    body = encode(p.delivery(p.text("x", wa_id="15550003333")))
+    broken = {
+        style: (insert.replace("INSERT INTO", "INSERT INTOO"), lookup)
+        for style, (insert, lookup) in ingest._STORE_SQL.items()
+    }
+    monkeypatch.setattr(ingest, "_STORE_SQL", broken)
+    with pytest.raises(Exception, match=r"(?i)syntax"):
+        ingest.store(services, body)
+    monkeypatch.undo()
+    assert ingest.store(services, body).outcome == "stored"  # autocommit again, nothing left open
+    assert ingest.store(services, body).outcome == "duplicate"
+    assert _count(services) == 1
