@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 from sqlalchemy import func, select
@@ -118,3 +120,61 @@ def test_one_processor_per_host_works_the_others_stand_by(make_app):
 def _lock_taken(path: str) -> bool:
     with open(path, "a+b") as probe:
         return not processor._try_lock(probe)
+
+
+def _wait_for(condition, what: str, seconds: float = EFFECT_DEADLINE_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)  # waiting for another process, not a time rule
+
+
+def test_the_processor_is_a_child_process_at_lower_priority_and_restarted_if_it_dies(make_app):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    supervisor = processor.ensure_running(services)
+    _wait_for(lambda: supervisor.child is not None, "the processor was not started")
+    first = supervisor.child
+    assert first.pid != os.getpid()
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + processor.NICENESS)
+    _wait_for(lambda: os.getpriority(os.PRIO_PROCESS, first.pid) == expected, "not niced")
+
+    first.kill()
+    restart = processor.ERROR_PAUSE_SECONDS + EFFECT_DEADLINE_SECONDS
+    _wait_for(lambda: supervisor.child is not first, "the processor was not restarted", restart)
+    ingest.store(services, encode(p.delivery(p.text("after the crash", wa_id="15550006666"))))
+    processor.wake(services)
+    _wait_for(lambda: _statuses(services) == {WebhookDelivery.PROCESSED: 1}, "not processed")
+
+
+def test_the_processor_leaves_when_the_worker_that_started_it_is_gone(make_app):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    ingest.store(services, encode(p.delivery(p.text("last one", wa_id="15550005555"))))
+    answers = iter([True, False])  # its parent is there once, then gone
+    processor.run(services, stop=threading.Event(), alive=lambda: next(answers))
+    assert _statuses(services) == {WebhookDelivery.PROCESSED: 1}
+
+
+def test_a_failing_delivery_is_isolated_and_the_batch_still_commits_once(make_app, monkeypatch):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    bodies = [encode(p.delivery(p.text(f"m{i}", wa_id=f"1555000{i:04d}"))) for i in range(5)]
+    bad = encode(p.delivery(p.text("boom", wa_id="15550009999")))
+    for body in [*bodies[:2], bad, *bodies[2:]]:
+        ingest.store(services, body)
+    real = ingest.process_payload
+    calls = []
+
+    def flaky(session, services_, delivery_id, payload):
+        calls.append(delivery_id)
+        if "boom" in str(payload):
+            raise RuntimeError("simulated bug")
+        return real(session, services_, delivery_id, payload)
+
+    monkeypatch.setattr(ingest, "process_payload", flaky)
+    assert ingest.process_received(services, budget_seconds=60) == 6
+    # Applied together first (stopping at the bad one), then one by one in savepoints.
+    assert len(calls) == 3 + 6
+    with services.db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 5
+        items = dict(s.execute(select(WebhookDelivery.body, WebhookDelivery.items)).all())
+    assert _statuses(services) == {WebhookDelivery.PROCESSED: 5, WebhookDelivery.FAILED: 1}
+    assert {items[b] for b in bodies} == {1}

@@ -8,6 +8,7 @@ withheld), or both.
 from __future__ import annotations
 
 import functools
+from collections.abc import Set
 from datetime import datetime
 from typing import Any
 
@@ -34,18 +35,22 @@ AD_FIELDS = (
 )
 
 
-def ensure_account(session: Session, waba_id: str, known: set[str] | None = None) -> None:
+# session.info key: the WABA ids this transaction made sure of (see ensure_account).
+ENSURED_ACCOUNTS = "waconv.ensured_accounts"
+
+
+def ensure_account(session: Session, waba_id: str, known: Set[str] = frozenset()) -> None:
     """A WABA first seen in a webhook is registered with the default settings.
 
-    ``known``: WABA ids found already registered (a set the caller keeps, e.g. per process),
-    so a busy account costs one INSERT per process, not one per delivery. Only rows that were
-    there before are remembered: one inserted here may still be rolled back.
+    ``known``: WABA ids registered in a committed transaction, which the caller keeps (per
+    process), so that a busy account costs one INSERT per process, not one per delivery. The
+    ids made sure of here are listed in ``session.info[ENSURED_ACCOUNTS]``, for the caller to
+    remember once the transaction has committed.
     """
-    if known is not None and waba_id in known:
+    if waba_id in known:
         return
-    new_id = insert_or_ignore(session, Account, {"waba_id": waba_id, "status": Account.ACTIVE})
-    if new_id is None and known is not None:
-        known.add(waba_id)
+    insert_or_ignore(session, Account, {"waba_id": waba_id, "status": Account.ACTIVE})
+    session.info.setdefault(ENSURED_ACCOUNTS, set()).add(waba_id)
 
 
 # FOR UPDATE (PostgreSQL; SQLite serializes writers anyway): a concurrent delivery for the same

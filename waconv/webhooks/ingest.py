@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from waconv.clock import utcnow
+from waconv.conversations.store import ENSURED_ACCOUNTS
 from waconv.db import insert_or_ignore
 from waconv.models import WebhookDelivery
 from waconv.services import Services
@@ -189,6 +190,8 @@ def _process_batch(services: Services, budget: float, *, isolate: bool) -> int:
             else:
                 processed.append((delivery_id, items))
         _mark_processed(session, processed)
+        ensured = session.info.get(ENSURED_ACCOUNTS, set())
+    services.known_accounts.update(ensured)  # committed: they exist for good
     return len(processed) + failed
 
 
@@ -244,11 +247,13 @@ def _apply_isolated(
 ) -> int | None:
     """Process inside a savepoint: the items looked at, or None once recorded as failed."""
     attempt = 1
+    ensured = set(session.info.get(ENSURED_ACCOUNTS, ()))
     while True:
         try:
             with session.begin_nested():
                 return process_payload(session, services, delivery_id, payload)
         except Exception as exc:
+            session.info[ENSURED_ACCOUNTS] = ensured  # its inserts were rolled back
             if attempt < MAX_PROCESS_ATTEMPTS and _is_lock_conflict(exc):
                 # Rolling back the savepoint released its locks; the other delivery goes on,
                 # and the retry sees what it committed (its messages are then no-ops here).

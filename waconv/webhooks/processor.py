@@ -52,14 +52,18 @@ STANDBY_POLL_SECONDS = 1.0
 # After the processor died or hit an unexpected error (database down), wait this long.
 ERROR_PAUSE_SECONDS = 2.0
 # The processor's CPU priority: below the web workers, which answer Meta.
-NICENESS = 0
+NICENESS = 10
 # How long Services.close() waits for the processor to finish its transaction.
 STOP_TIMEOUT_SECONDS = 10.0
 # While requests arrive (the lock file was touched this recently), the processor rests after
 # each transaction BUSY_REST_FACTOR times as long as the transaction took.
 BUSY_WINDOW_SECONDS = 0.2
-BUSY_REST_FACTOR = 3.0
-CHILD_COMMAND = "from waconv.webhooks.processor import child_main; child_main()"
+BUSY_REST_FACTOR = 4.0
+# Lowered first thing, so that even its imports yield to the web workers.
+CHILD_COMMAND = (
+    f"import os; os.nice({NICENESS}); "
+    "from waconv.webhooks.processor import child_main; child_main()"
+)
 
 
 class Supervisor:
@@ -122,7 +126,6 @@ def child_main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    os.nice(NICENESS)
     services = Services.build(settings)
     try:
         run(services, stop=stop, alive=lambda: os.getppid() == parent)
