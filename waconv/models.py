@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -211,9 +212,25 @@ class Conversion(Base):
     """The outbox: one conversion event, its schedule and its fate."""
 
     __tablename__ = "conversions"
+    # The due-event indexes hold, on PostgreSQL, only events still to send: marking a batch
+    # sent (or failed, expired) then adds nothing to them (measured: the UPDATE of 1,000 rows
+    # 35 -> 25 ms on the server). SQLite keeps them whole: its planner uses a partial index
+    # only for queries that repeat the index's WHERE, and its UPDATE touches only the indexes
+    # whose columns change anyway.
     __table_args__ = (
-        Index("ix_conversions_due", "status", "next_attempt_at"),
-        Index("ix_conversions_account_due", "waba_id", "status", "next_attempt_at"),
+        Index(
+            "ix_conversions_due",
+            "status",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+        ),
+        Index(
+            "ix_conversions_account_due",
+            "waba_id",
+            "status",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+        ),
     )
 
     PENDING = "pending"

@@ -300,12 +300,20 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("conversions", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_conversions_account_due", ["waba_id", "status", "next_attempt_at"], unique=False
+            "ix_conversions_account_due",
+            ["waba_id", "status", "next_attempt_at"],
+            unique=False,
+            postgresql_where=sa.text("status IN ('pending', 'sending')"),
         )
         batch_op.create_index(
             batch_op.f("ix_conversions_conversation_id"), ["conversation_id"], unique=False
         )
-        batch_op.create_index("ix_conversions_due", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index(
+            "ix_conversions_due",
+            ["status", "next_attempt_at"],
+            unique=False,
+            postgresql_where=sa.text("status IN ('pending', 'sending')"),
+        )
 
     op.create_table(
         "messages",
