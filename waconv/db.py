@@ -247,3 +247,16 @@ def insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> in
     stmt = _insert_ignore_statement(model.__table__, connection.dialect.name)
     new_id: int | None = connection.execute(stmt, values).scalar_one_or_none()
     return new_id
+
+
+@functools.cache
+def _insert_object_statement(model: Any, dialect: str) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(model).on_conflict_do_nothing().returning(model)
+
+
+def insert_object_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the row as an ORM object, or None if a row
+    was there: the new object without a SELECT after the INSERT."""
+    statement = _insert_object_statement(model, session.get_bind().dialect.name)
+    return session.scalars(statement, [values]).first()

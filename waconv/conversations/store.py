@@ -7,18 +7,15 @@ withheld), or both.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Set
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from waconv.clock import isoformat
-from waconv.db import insert_or_ignore
+from waconv.db import insert_object_or_ignore, insert_or_ignore
 from waconv.models import CLICK_ID, Account, Click, Conversation, Message
 
 # The ad fields the admin API shows and the conversation keeps for its latest click.
@@ -100,13 +97,6 @@ def _taken(session: Session, phone_number_id: str, column: Any, value: str) -> b
     )
 
 
-@functools.cache
-def _insert_conversation(dialect: str) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING the new row, as an ORM object: no SELECT."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(Conversation).on_conflict_do_nothing().returning(Conversation)
-
-
 def resolve_conversation(
     session: Session,
     *,
@@ -130,8 +120,7 @@ def resolve_conversation(
             "profile_name": profile_name,
             "username": username,
         }
-        statement = _insert_conversation(session.get_bind().dialect.name)
-        conversation = session.scalars(statement, [values]).first()
+        conversation = insert_object_or_ignore(session, Conversation, values)
         if conversation is None:
             # Another delivery created it a moment ago (the insert waited for it).
             conversation = _find(session, phone_number_id, wa_id, user_id)

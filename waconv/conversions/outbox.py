@@ -23,7 +23,7 @@ from waconv.conversions.events import (
     validate_custom_data,
     validate_event_name,
 )
-from waconv.db import insert_or_ignore
+from waconv.db import insert_object_or_ignore
 from waconv.models import Conversion
 
 log = logging.getLogger(__name__)
@@ -57,21 +57,24 @@ def enqueue(
     an outage), an ``event_time`` past Meta's 7-day limit is recorded as ``expired`` with the
     reason instead of refused, so the operator can see what could not be reported.
     """
-    existing = session.scalar(select(Conversion).where(Conversion.event_id == event_id))
-    if existing is not None:
-        return Enqueued(existing, created=False)
     now = utcnow()
     status, reason = Conversion.PENDING, None
-    if expire_if_stale and event_time < now - MAX_EVENT_AGE:
-        validate_event_name(event_name)
-        custom_data = validate_custom_data(event_name, custom_data)
-        status = Conversion.EXPIRED
-        reason = (
-            f"event_time {event_time.isoformat()} was already more than 7 days old when the "
-            "conversion was decided; Meta refuses such events"
-        )
-    else:
-        event_time, custom_data = validate_conversion(event_name, event_time, custom_data, now)
+    try:
+        if expire_if_stale and event_time < now - MAX_EVENT_AGE:
+            validate_event_name(event_name)
+            custom_data = validate_custom_data(event_name, custom_data)
+            status = Conversion.EXPIRED
+            reason = (
+                f"event_time {event_time.isoformat()} was already more than 7 days old when "
+                "the conversion was decided; Meta refuses such events"
+            )
+        else:
+            event_time, custom_data = validate_conversion(event_name, event_time, custom_data, now)
+    except InvalidConversion:
+        existing = _existing(session, event_id)  # asked again, when it no longer validates
+        if existing is not None:
+            return Enqueued(existing, created=False)
+        raise
     values = {
         "event_id": event_id,
         "waba_id": waba_id,
@@ -89,19 +92,24 @@ def enqueue(
         "next_attempt_at": now,
         "last_error": reason,
     }
-    new_id = insert_or_ignore(session, Conversion, values)
-    row = session.scalar(select(Conversion).where(Conversion.event_id == event_id))
-    assert row is not None
-    if new_id is not None:
-        log.info(
-            "conversion.enqueued id=%s event_id=%s event_name=%s source=%s status=%s",
-            new_id,
-            event_id,
-            event_name,
-            source,
-            status,
-        )
-    return Enqueued(row, created=new_id is not None)
+    row = insert_object_or_ignore(session, Conversion, values)
+    if row is None:  # known event_id: the first request's row stands
+        existing = _existing(session, event_id)
+        assert existing is not None
+        return Enqueued(existing, created=False)
+    log.info(
+        "conversion.enqueued id=%s event_id=%s event_name=%s source=%s status=%s",
+        row.id,
+        event_id,
+        event_name,
+        source,
+        status,
+    )
+    return Enqueued(row, created=True)
+
+
+def _existing(session: Session, event_id: str) -> Conversion | None:
+    return session.scalar(select(Conversion).where(Conversion.event_id == event_id))
 
 
 __all__ = ["Enqueued", "InvalidConversion", "enqueue"]
