@@ -129,18 +129,26 @@ def _wait_for(condition, what: str, seconds: float = EFFECT_DEADLINE_SECONDS) ->
         time.sleep(0.02)  # waiting for another process, not a time rule
 
 
-def test_the_processor_is_a_child_process_at_lower_priority_and_restarted_if_it_dies(make_app):
+def test_processors_are_child_processes_at_lower_priority_and_restarted_if_one_dies(make_app):
     services = make_app(webhook_processing="background").extensions["waconv"]
+    count = processor.processor_count(services)
+    assert count == (1 if services.db.dialect == "sqlite" else min(4, os.cpu_count() or 1))
     supervisor = processor.ensure_running(services)
-    _wait_for(lambda: supervisor.child is not None, "the processor was not started")
-    first = supervisor.child
-    assert first.pid != os.getpid()
+    _wait_for(lambda: len(supervisor.children) == count, "the processors were not started")
+    first = list(supervisor.children)
+    assert os.getpid() not in {c.pid for c in first}
     expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + processor.NICENESS)
-    _wait_for(lambda: os.getpriority(os.PRIO_PROCESS, first.pid) == expected, "not niced")
+    for child in first:
+        _wait_for(lambda c=child: os.getpriority(os.PRIO_PROCESS, c.pid) == expected, "niced")
 
-    first.kill()
+    first[0].kill()
     restart = processor.ERROR_PAUSE_SECONDS + EFFECT_DEADLINE_SECONDS
-    _wait_for(lambda: supervisor.child is not first, "the processor was not restarted", restart)
+    _wait_for(
+        lambda: len(supervisor.children) == count and first[0] not in supervisor.children,
+        "the processors were not started again",
+        restart,
+    )
+    assert all(c.poll() is not None for c in first)  # the survivors were stopped, not doubled
     ingest.store(services, encode(p.delivery(p.text("after the crash", wa_id="15550006666"))))
     processor.wake(services)
     _wait_for(lambda: _statuses(services) == {WebhookDelivery.PROCESSED: 1}, "not processed")

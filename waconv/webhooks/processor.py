@@ -3,8 +3,9 @@
 It needs nothing but the app (``gunicorn wsgi:app`` or ``waconv serve``). Each app process
 (each gunicorn worker) runs a supervisor thread, started on the first request it serves, so
 after gunicorn's fork. One supervisor per host and database holds an flock; it starts the
-processor as a child process at lower CPU priority (nice 10), passes it the lock, and starts
-it again if it dies. The other supervisors wait to take over if their worker dies.
+processors as child processes at lower CPU priority (nice 10): one on SQLite, one per core
+on PostgreSQL. They inherit the lock; if one dies, they are all started again. The other
+supervisors wait to take over if their worker dies.
 
 Why a child process and not a thread of the worker: measured under load, a processing thread
 competes with its worker's requests for the GIL, and four of them fought each other and the
@@ -53,6 +54,8 @@ STANDBY_POLL_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 2.0
 # The processor's CPU priority: below the web workers, which answer Meta.
 NICENESS = 10
+# Processors per host on PostgreSQL, at most (one per core up to this).
+MAX_PROCESSORS = 4
 # How long Services.close() waits for the processor to finish its transaction.
 STOP_TIMEOUT_SECONDS = 10.0
 # While requests arrive (the lock file was touched this recently), the processor rests after
@@ -73,7 +76,7 @@ class Supervisor:
         self.services = services
         self.pid = os.getpid()
         self.stop = threading.Event()
-        self.child: subprocess.Popen[bytes] | None = None
+        self.children: list[subprocess.Popen[bytes]] = []
         self.thread = threading.Thread(target=self._run, name="webhook-supervisor", daemon=True)
 
     def start(self) -> None:
@@ -92,27 +95,50 @@ class Supervisor:
                 self.stop.wait(ERROR_PAUSE_SECONDS)
 
     def _supervise(self, lock_file: IO[bytes]) -> None:
-        """Run the processor until it exits or this worker stops; the child shares the lock."""
-        child = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
-            [sys.executable, "-c", CHILD_COMMAND],
-            stdin=subprocess.PIPE,
-            pass_fds=(lock_file.fileno(),),
-        )
-        self.child = child
-        assert child.stdin is not None
-        with child.stdin:
-            child.stdin.write(json.dumps(dataclasses.asdict(self.services.settings)).encode())
-        log.info("webhook.processor.started pid=%s", child.pid)
-        while child.poll() is None:
-            if self.stop.wait(0.5):
-                child.terminate()  # it finishes its transaction first
+        """Run the processors until one exits or this worker stops; they share the lock."""
+        self.children = [self._spawn(lock_file) for _ in range(processor_count(self.services))]
+        try:
+            while all(child.poll() is None for child in self.children):
+                if self.stop.wait(0.5):
+                    return
+            for child in self.children:
+                if child.returncode is not None:
+                    log.error(
+                        "webhook.processor.exited pid=%s code=%s; starting again",
+                        child.pid,
+                        child.returncode,
+                    )
+        finally:
+            for child in self.children:
+                if child.poll() is None:
+                    child.terminate()  # it finishes its transaction first
+            for child in self.children:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(STOP_TIMEOUT_SECONDS)
                 if child.poll() is None:
                     child.kill()
                     child.wait()
-                return
-        log.error("webhook.processor.exited code=%s; starting it again", child.returncode)
+
+    def _spawn(self, lock_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
+            [sys.executable, "-c", CHILD_COMMAND],
+            stdin=subprocess.PIPE,
+            pass_fds=(lock_file.fileno(),),
+        )
+        assert child.stdin is not None
+        with child.stdin:
+            child.stdin.write(json.dumps(dataclasses.asdict(self.services.settings)).encode())
+        log.info("webhook.processor.started pid=%s", child.pid)
+        return child
+
+
+def processor_count(services: Services) -> int:
+    """One processor per core on PostgreSQL (they share the work with SKIP LOCKED, and a
+    backlog is caught up on every core once a burst ends); one on SQLite, which has one
+    writer at a time."""
+    if services.db.dialect != "postgresql":
+        return 1
+    return max(1, min(MAX_PROCESSORS, os.cpu_count() or 1))
 
 
 def child_main() -> None:
