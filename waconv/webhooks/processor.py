@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -207,7 +208,12 @@ def drain(
 
 def lock_path(services: Services) -> str:
     """One lock per host and database: the supervisors of all workers on it share this file."""
-    digest = hashlib.sha256(services.settings.database_url.encode()).hexdigest()[:16]
+    return _lock_path(services.settings.database_url)
+
+
+@functools.cache
+def _lock_path(database_url: str) -> str:  # every stored delivery touches it: computed once
+    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"waconv-processor-{digest}.lock")
 
 

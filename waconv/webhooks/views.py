@@ -63,4 +63,7 @@ def receive() -> tuple[Response, int]:
         processor.wake(services)
     WEBHOOK_DELIVERIES.labels(outcome=result.outcome).inc()
     WEBHOOK_SECONDS.observe(time.perf_counter() - started)
-    return jsonify({"status": result.outcome, "delivery_id": result.delivery_id}), 200
+    # Formatted by hand: the hot path's answer, two known fields (jsonify cost 5 % of it).
+    delivery_id = "null" if result.delivery_id is None else str(int(result.delivery_id))
+    body = f'{{"status":"{result.outcome}","delivery_id":{delivery_id}}}\n'
+    return Response(body, status=200, mimetype="application/json"), 200
