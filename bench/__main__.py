@@ -43,7 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--process-wait",
         type=float,
-        default=120.0,
+        default=300.0,
         help="how long to wait, after the last 200, for waconv to process every delivery",
     )
     p.add_argument("--events", type=int, help="conversions per dispatch run")

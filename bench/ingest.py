@@ -382,7 +382,7 @@ def run(
     contenders: list[str],
     workdir: Path,
     cap_seconds: float = 90.0,
-    process_wait: float = 120.0,
+    process_wait: float = 300.0,
     profile: bool = False,
 ) -> IngestResults:
     common.log(f"ingest: generating {deliveries:,} signed deliveries (+{warmup} for warm-up)")
