@@ -50,6 +50,9 @@ class Account(Base):
     ldu_state: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # Meta's code behind a pause (``100/33``, ``190``): what tells a dataset problem from a token
+    # problem, without reading the operator's sentence.
+    pause_code: Mapped[str | None] = mapped_column(String(32))
     status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A paused account is probed again from this time on (a fixed env token resumes it).
     probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("ldu_state", sa.Integer(), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("status_reason", sa.Text(), nullable=True),
+        sa.Column("pause_code", sa.String(length=32), nullable=True),
         sa.Column("status_changed_at", waconv.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("probe_at", waconv.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column(

@@ -37,14 +37,16 @@ def meta_error(code: int | None, subcode: int | None = None, status: int = 400) 
     ],
 )
 def test_which_pauses_a_new_dataset_cures(err: GraphError, dataset_problem: bool) -> None:
-    # The reasons are the dispatcher's operator_message sentences; this pins their format.
     account = Account(waba_id=WABA_A, status=Account.ACTIVE)
-    registry.pause(account, operator_message(err, waba_id=WABA_A))
+    code = err.code_label if err.code is not None else None
+    registry.pause(account, operator_message(err, waba_id=WABA_A), code=code)
     assert registry.paused_for_dataset(account) is dataset_problem
+    registry.resume(account, "fixed")
+    assert account.pause_code is None
 
 
 def test_an_active_account_is_not_paused_for_anything() -> None:
-    account = Account(waba_id=WABA_A, status=Account.ACTIVE, status_reason="(Meta error 100/33")
+    account = Account(waba_id=WABA_A, status=Account.ACTIVE, pause_code="100/33")
     assert registry.paused_for_dataset(account) is False
 
 

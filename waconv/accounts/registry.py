@@ -7,7 +7,6 @@ call Meta and own their transactions live in :mod:`waconv.accounts.service`.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +32,6 @@ FROM_ENV = "default"  # WACONV_ACCESS_TOKEN
 FROM_NOWHERE = "none"
 
 # Pause reasons are operator_message() sentences, which end with "(Meta error 100/33, ...)".
-_META_CODE = re.compile(r"\(Meta error (\d+)(?:/(\d+))?")
 # Meta errors that mean "wrong dataset for this WABA" (reference §3.9): 100/33 the token cannot
 # reach the dataset, 100/2804132 the dataset is not linked to the WABA; 2500 / 803 an unknown
 # path or object, i.e. a dataset id Meta does not know. A new dataset id may cure each of them.
@@ -168,13 +166,11 @@ def set_dataset(session: Session, account: Account, dataset_id: str, why: str) -
 
 def paused_for_dataset(account: Account) -> bool:
     """Whether the account is paused because Meta refused its dataset (not its token)."""
-    if account.status != Account.PAUSED or not account.status_reason:
+    if account.status != Account.PAUSED or not account.pause_code:
         return False
-    found = _META_CODE.search(account.status_reason)
-    if found is None:
-        return False
-    code = int(found.group(1))
-    subcode = int(found.group(2)) if found.group(2) else None
+    code_text, _, subcode_text = account.pause_code.partition("/")
+    code = int(code_text)
+    subcode = int(subcode_text) if subcode_text else None
     return (code, subcode) in DATASET_ERRORS or code in DATASET_ERROR_CODES
 
 
@@ -195,12 +191,18 @@ def release_held(session: Session, waba_id: str) -> int:
     return result.rowcount or 0
 
 
-def pause(account: Account, reason: str, now: datetime | None = None) -> bool:
-    """Stop sending for the account; True when it was active (the operator is told once)."""
+def pause(
+    account: Account, reason: str, now: datetime | None = None, *, code: str | None = None
+) -> bool:
+    """Stop sending for the account; True when it was active (the operator is told once).
+
+    ``code``: Meta's ``code`` or ``code/subcode`` behind it, if Meta gave one.
+    """
     now = now or utcnow()
     was_active = account.status != Account.PAUSED
     account.status = Account.PAUSED
     account.status_reason = reason
+    account.pause_code = code
     account.probe_at = now + PAUSED_PROBE_INTERVAL
     if was_active:
         account.status_changed_at = now
@@ -214,5 +216,6 @@ def resume(account: Account, why: str) -> None:
     log.warning("account.resumed waba_id=%s why=%s", account.waba_id, why)
     account.status = Account.ACTIVE
     account.status_reason = None
+    account.pause_code = None
     account.status_changed_at = utcnow()
     account.probe_at = None

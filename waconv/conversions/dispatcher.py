@@ -943,7 +943,8 @@ class Dispatcher:
         sentence = operator_message(err, waba_id=creds.waba_id)
         with self.db.transaction() as session:
             account = registry.get_account(session, creds.waba_id)
-            if account is not None and registry.pause(account, sentence):
+            code = err.code_label if err.code is not None else None
+            if account is not None and registry.pause(account, sentence, code=code):
                 stats.paused_accounts.append(creds.waba_id)
             released = session.execute(
                 update(Conversion)
