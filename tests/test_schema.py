@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from waconv import schema
 from waconv.db import Base, make_engine
@@ -26,5 +26,40 @@ def test_downgrade_then_upgrade(tmp_path) -> None:
         assert "conversions" not in inspect(engine).get_table_names()
         schema.upgrade(engine)
         assert "conversions" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_a_0_1_0_database_upgrades_in_place(db_url: str) -> None:
+    """0002 on a database created by 0.1.0 (revision 0001): rows kept, column and indexes new."""
+    engine = make_engine(db_url)
+    try:
+        schema.downgrade(engine, "0001")
+        assert "pause_code" not in {c["name"] for c in inspect(engine).get_columns("accounts")}
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO accounts (waba_id, status, created_at, updated_at)"
+                    " VALUES ('1', 'paused', '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
+                )
+            )
+        schema.upgrade(engine)
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT waba_id, status, pause_code FROM accounts")).one()
+            assert tuple(row) == ("1", "paused", None)
+            if engine.dialect.name == "postgresql":
+                predicates = (
+                    conn.execute(
+                        text(
+                            "SELECT indexdef FROM pg_indexes WHERE tablename = 'conversions'"
+                            " AND indexname IN ('ix_conversions_due', 'ix_conversions_account_due')"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                assert len(predicates) == 2
+                assert all("WHERE" in p and "pending" in p for p in predicates)
+        schema.check(engine)
     finally:
         engine.dispose()

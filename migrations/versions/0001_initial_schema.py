@@ -35,7 +35,6 @@ def upgrade() -> None:
         sa.Column("ldu_state", sa.Integer(), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("status_reason", sa.Text(), nullable=True),
-        sa.Column("pause_code", sa.String(length=32), nullable=True),
         sa.Column("status_changed_at", waconv.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("probe_at", waconv.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
@@ -301,20 +300,12 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("conversions", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_conversions_account_due",
-            ["waba_id", "status", "next_attempt_at"],
-            unique=False,
-            postgresql_where=sa.text("status IN ('pending', 'sending')"),
+            "ix_conversions_account_due", ["waba_id", "status", "next_attempt_at"], unique=False
         )
         batch_op.create_index(
             batch_op.f("ix_conversions_conversation_id"), ["conversation_id"], unique=False
         )
-        batch_op.create_index(
-            "ix_conversions_due",
-            ["status", "next_attempt_at"],
-            unique=False,
-            postgresql_where=sa.text("status IN ('pending', 'sending')"),
-        )
+        batch_op.create_index("ix_conversions_due", ["status", "next_attempt_at"], unique=False)
 
     op.create_table(
         "messages",
