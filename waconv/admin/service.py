@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from waconv.clock import from_unix, isoformat, utcnow
+from waconv.conversations import store
 from waconv.conversions.dispatcher import SEND_MARGIN
 from waconv.conversions.events import (
     MAX_EVENT_AGE,
@@ -278,24 +279,10 @@ def admin_event_id(conversation: Conversation, event_name: str, order_id: str | 
     )
 
 
-def find_user_conversation(
-    session: Session, user_field: str, user: str, phone_number_id: str | None
-) -> Conversation | None:
-    """The user's conversation with that number, or their most recently active one."""
-    column = Conversation.wa_id if user_field == "wa_id" else Conversation.user_id
-    query = select(Conversation).where(column == user)
-    if phone_number_id:
-        query = query.where(Conversation.phone_number_id == phone_number_id)
-    query = query.order_by(
-        Conversation.last_message_at.desc().nulls_last(), Conversation.id.desc()
-    ).limit(1)
-    return session.scalar(query)
-
-
 def mark_conversion(session: Session, request: MarkRequest) -> Marked:
     """Enqueue the conversion, or return the one already recorded for it (``created=False``)."""
-    conversation = find_user_conversation(
-        session, request.user_field, request.user, request.phone_number_id
+    conversation = store.find_conversation(
+        session, request.user, request.phone_number_id, field=request.user_field
     )
     if conversation is None:
         where = f" on phone number {request.phone_number_id}" if request.phone_number_id else ""
