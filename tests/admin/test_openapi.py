@@ -7,6 +7,7 @@ import re
 from flask import Flask
 
 from tests.admin.conftest import Admin
+from waconv.conversations.store import _ad
 
 
 def _shape(path: str) -> str:
@@ -64,3 +65,10 @@ def test_limits_in_the_document_are_the_ones_enforced(admin: Admin) -> None:
     }
     assert admin.get("/admin/conversions", limit=1000).status_code == 200
     assert admin.get("/admin/conversions", limit=1001).status_code == 400
+
+
+def test_the_documented_referral_names_every_ad_field_the_api_returns(admin: Admin) -> None:
+    doc = admin.get("/admin/openapi.json").json
+    referral = doc["components"]["schemas"]["Conversation"]["properties"]["referral"]
+    returned = _ad({"ctwa_clid": "x", "welcome_message": {"text": "hi"}})
+    assert set(referral["properties"]) == set(returned)

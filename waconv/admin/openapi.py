@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from waconv.admin.service import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, MAX_ORDER_ID, SOURCES
+from waconv.conversations.store import AD_FIELDS
 from waconv.conversions.events import EVENT_NAMES
 from waconv.models import Conversion
 
@@ -183,17 +184,9 @@ _CONVERSATION = {
             {
                 "type": "object",
                 "description": "the ad of the latest click",
-                "properties": {
-                    key: {}
-                    for key in (
-                        "source_id",
-                        "source_type",
-                        "source_url",
-                        "headline",
-                        "body",
-                        "media_type",
-                    )
-                },
+                # What conversation_to_dict gives: every kept ad field (the list was a copy
+                # that had lost four of them).
+                "properties": {key: {} for key in (*AD_FIELDS, "welcome_message")},
             }
         ),
         "clicked_at": _nullable(_TIME),
