@@ -14,7 +14,8 @@ import requests
 from sqlalchemy import select
 
 from tests import payloads as p
-from tests.conftest import APP_SECRET, SECRET_KEY, VERIFY_TOKEN, encode, free_port, signed_headers
+from tests.conftest import APP_SECRET, VERIFY_TOKEN, encode, free_port, signed_headers
+from tests.production.helpers import environment
 from waconv.config import load_settings
 from waconv.db import Database
 from waconv.models import Message, WebhookDelivery
@@ -63,16 +64,7 @@ def _wait_until_healthy(http: requests.Session, url: str, process: subprocess.Po
 @pytest.mark.parametrize("server", ["serve", "gunicorn"])
 def test_acknowledged_deliveries_survive_kill_9(db_url, rules_path, tmp_path, server):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WACONV_")}
-    env.update(
-        WACONV_DATABASE_URL=db_url,
-        WACONV_APP_SECRET=APP_SECRET,
-        WACONV_VERIFY_TOKEN=VERIFY_TOKEN,
-        WACONV_SECRET_KEY=SECRET_KEY,
-        WACONV_RULES_FILE=str(rules_path),
-        WACONV_BIND=f"127.0.0.1:{port}",
-        PYTHONPATH=str(ROOT),
-    )
+    env = environment(db_url, WACONV_RULES_FILE=str(rules_path), WACONV_BIND=f"127.0.0.1:{port}")
     log = tmp_path / "server.log"
     bodies = [
         encode(p.delivery(p.text(f"message {i}", ref=p.referral(), wa_id=f"1650555{i:04d}")))
