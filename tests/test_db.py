@@ -51,3 +51,21 @@ def test_a_failed_store_leaves_the_next_one_working(services, monkeypatch):
     assert ingest.store(services, body).outcome == "stored"  # autocommit again, nothing left open
     assert ingest.store(services, body).outcome == "duplicate"
     assert _count(services) == 1
+    _a_transaction_still_rolls_back(services, rows=1)
+
+
+def _a_transaction_still_rolls_back(services, *, rows: int) -> None:
+    """The store's pooled connections go back to the pool out of autocommit: a transaction
+    on them is still all or nothing."""
+    with pytest.raises(RuntimeError), services.db.transaction() as session:
+        session.add(WebhookDelivery(body_sha256="f" * 64, body=b"{}"))
+        session.flush()
+        raise RuntimeError("rolled back")
+    assert _count(services) == rows
+
+
+def test_sessions_after_stores_are_still_transactions(services):
+    for i in range(3):  # every pooled connection the stores used
+        ingest.store(services, encode(p.delivery(p.text(f"m{i}", wa_id=f"1555000{i:04d}"))))
+    assert _count(services) == 3
+    _a_transaction_still_rolls_back(services, rows=3)
