@@ -28,6 +28,7 @@ def create_app(
     from waconv.errors import register_error_handlers
     from waconv.health import bp as health_bp
     from waconv.logs import configure_logging
+    from waconv.webhooks.views import FrontDoor
     from waconv.webhooks.views import bp as webhooks_bp
 
     settings = settings or load_settings(overrides=overrides)
@@ -54,6 +55,7 @@ def create_app(
             processor.ensure_running(services)
 
     app.register_blueprint(webhooks_bp)
+    app.wsgi_app = FrontDoor(app.wsgi_app, services, MAX_REQUEST_BYTES)  # type: ignore[method-assign]
     app.register_blueprint(health_bp)
     app.register_blueprint(admin_bp)
     register_error_handlers(app)

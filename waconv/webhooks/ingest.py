@@ -63,9 +63,12 @@ def parse_body(raw: bytes) -> Any:
     return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
+OUTCOMES = ("stored", "duplicate", "processing_failed")
+
+
 @dataclass(frozen=True)
 class ReceiveResult:
-    outcome: str  # stored | duplicate | processing_failed
+    outcome: str  # one of OUTCOMES
     delivery_id: int | None
 
 

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import hmac
+import io
+import json
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
+from werkzeug.http import HTTP_STATUS_CODES
 
 from waconv.metrics import WEBHOOK_DELIVERIES, WEBHOOK_SECONDS
-from waconv.services import current_services
+from waconv.services import Services, current_services
 from waconv.webhooks import ingest, processor, signature
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -33,20 +42,31 @@ def verify() -> Response:
     return Response("verification failed\n", status=403, mimetype="text/plain")
 
 
-def _reject(status: int, outcome: str, message: str) -> tuple[Response, int]:
+@dataclass(frozen=True)
+class Answer:
+    """What ``POST /webhook`` answers: a status and a JSON body."""
+
+    status: int
+    body: str
+
+
+def _reject(status: int, outcome: str, message: str) -> Answer:
     WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
     log.warning("webhook.delivery.%s %s", outcome, message)
-    return jsonify({"error": {"code": outcome, "message": message}}), status
+    return Answer(status, json.dumps({"error": {"code": outcome, "message": message}}))
 
 
-@bp.post("/webhook")
-def receive() -> tuple[Response, int]:
+# The answers' counters, resolved once: the hot path's label lookup cost more than the count.
+_COUNTED = {outcome: WEBHOOK_DELIVERIES.labels(outcome=outcome) for outcome in ingest.OUTCOMES}
+
+
+def handle(services: Services, raw: bytes, header: str | None) -> Answer:
+    """The whole of ``POST /webhook`` from its raw body and its ``X-Hub-Signature-256``:
+    verify, then parse, then persist, then answer. Served by the blueprint's view and, for
+    a body of known length, by ``FrontDoor`` before Flask's routing."""
     started = time.perf_counter()
-    services = current_services()
     if not services.settings.app_secret:
         return _reject(503, "no_app_secret", "WACONV_APP_SECRET is not set; nothing accepted")
-    raw = request.get_data(cache=False)  # bounded by MAX_CONTENT_LENGTH (413 beyond 3 MiB)
-    header = request.headers.get("X-Hub-Signature-256")
     if not header:
         return _reject(401, "missing_signature", "X-Hub-Signature-256 header is missing")
     if not signature.is_valid(services.settings.app_secret, raw, header):
@@ -61,9 +81,64 @@ def receive() -> tuple[Response, int]:
     result = ingest.receive(services, raw, payload)
     if result.outcome == "stored" and services.settings.webhook_processing == "background":
         processor.wake(services)
-    WEBHOOK_DELIVERIES.labels(outcome=result.outcome).inc()
+    _COUNTED[result.outcome].inc()
     WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     # Formatted by hand: the hot path's answer, two known fields (jsonify cost 5 % of it).
     delivery_id = "null" if result.delivery_id is None else str(int(result.delivery_id))
-    body = f'{{"status":"{result.outcome}","delivery_id":{delivery_id}}}\n'
-    return Response(body, status=200, mimetype="application/json"), 200
+    return Answer(200, f'{{"status":"{result.outcome}","delivery_id":{delivery_id}}}\n')
+
+
+@bp.post("/webhook")
+def receive() -> Response:
+    answer = handle(
+        current_services(),
+        request.get_data(cache=False),  # bounded by MAX_CONTENT_LENGTH (413 beyond 3 MiB)
+        request.headers.get("X-Hub-Signature-256"),
+    )
+    return Response(answer.body, status=answer.status, mimetype="application/json")
+
+
+class FrontDoor:
+    """WSGI middleware: answers ``POST /webhook`` before Flask's routing, the rest goes on.
+
+    Meta's deliveries are nearly all of the traffic, and Flask's request machinery (routing,
+    the request and response objects, the hooks and signals) cost more CPU than the whole
+    of ``handle()`` without its insert (measured: 0.19 of 0.40 ms per delivery on SQLite).
+    Only a body of known length within the 3 MiB limit is taken here, and only an answer is
+    given here: anything else (no Content-Length, a body over the limit, an exception) goes
+    to the blueprint's view with the body put back, so every status and error answer stays
+    Flask's, and a store that failed once (a connection broken by a database restart) is
+    tried once more there before a 500.
+    """
+
+    PATH = "/webhook"
+
+    def __init__(self, app: WSGIApplication, services: Services, max_bytes: int) -> None:
+        self.app = app
+        self.services = services
+        self.max_bytes = max_bytes
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        length = environ.get("CONTENT_LENGTH", "")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            return self.app(environ, start_response)
+        size = int(length)
+        raw = environ["wsgi.input"].read(size)
+        if len(raw) == size:  # else the client left: werkzeug says so
+            try:
+                answer = handle(self.services, raw, environ.get("HTTP_X_HUB_SIGNATURE_256"))
+            except Exception as exc:  # the view tries again, and answers a 500 if it fails too
+                log.warning("webhook.delivery.retrying in the view after %s", type(exc).__name__)
+            else:
+                body = answer.body.encode()
+                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                start_response(_STATUS_LINES[answer.status], headers)
+                return [body]
+        environ["wsgi.input"] = io.BytesIO(raw)
+        return self.app(environ, start_response)
+
+
+# As werkzeug words them, so that both ways of answering are alike to the byte.
+_STATUS_LINES = {code: f"{code} {phrase.upper()}" for code, phrase in HTTP_STATUS_CODES.items()}
