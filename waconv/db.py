@@ -99,12 +99,13 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         # 561 -> 836 req/s without it). A connection broken by a database restart fails once,
         # the pool is invalidated, and Meta redelivers what got a 500.
         pool_recycle=300,
-        # Every statement planned for its own values. psycopg prepares a statement after five
-        # runs, and PostgreSQL may then keep a generic plan: made while a table was empty, the
-        # conversation lookup scanned every conversation of a phone number, and processing
-        # slowed from 290 to 100 deliveries/s over 10,000 (steady at ~340/s with this).
-        # Our statements are small: planning them costs less than one bad generic plan.
-        connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+        # Every statement planned for its own values: psycopg would prepare a statement after
+        # five runs, and PostgreSQL may then keep a generic plan. Made while a table was empty,
+        # the conversation lookup scanned every conversation of a phone number, and processing
+        # slowed from 290 to 100 deliveries/s over 10,000 (steady at ~340/s unprepared). Our
+        # statements are small: planning them costs less than one bad generic plan. (Also what
+        # PgBouncer in transaction mode needs.)
+        connect_args={"prepare_threshold": None},
     )
 
 
