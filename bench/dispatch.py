@@ -293,7 +293,6 @@ def run_sdk(rows: list[dict[str, Any]], rnd: int) -> DispatchRun:
 
 
 def run_waconv(rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path) -> DispatchRun:
-    from waconv.accounts.registry import get_or_create_account
     from waconv.config import load_settings
     from waconv.conversions.dispatcher import Dispatcher
     from waconv.models import Conversion
@@ -318,12 +317,9 @@ def run_waconv(rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path
             },
             dev_secrets_file=workdir / "no-dev-secrets.json",
         )
+        _fill_outbox(url, rows)
         services = Services.build(settings)
         try:
-            with services.db.transaction() as session:
-                get_or_create_account(session, WABA_ID)
-                for i in range(0, len(rows), BATCH):
-                    session.execute(insert(Conversion), rows[i : i + BATCH])
             dispatcher = Dispatcher(services)
             start = time.perf_counter()
             stats = dispatcher.run_once()
@@ -340,6 +336,106 @@ def run_waconv(rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path
         if stats.sent != len(rows):
             run.note = f"dispatcher reported {stats.sent} sent"
         return _finish(run, fake)
+
+
+def run_floor(rows: list[dict[str, Any]], rnd: int, workdir: Path) -> DispatchRun:
+    """The floor of any durable outbox, on waconv's SQLite schema: per batch, one SELECT of the
+    next due rows and one UPDATE marking them sent, the request pipelined as waconv's is, the
+    events built with waconv's ``build_meta_event``. No lease, no validation, no retry or
+    failure handling, one process only: what is left when everything but reading the rows and
+    recording their fate is taken away. Not a product (two of them would send the same
+    events): it measures how close to ``plain`` a durable outbox can come here."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from waconv.conversions.events import build_meta_event
+
+    url = common.fresh_database("sqlite", workdir, "dispatch-floor")
+    common.migrate(url)
+    _fill_outbox(url, rows)
+    conn = sqlite3.connect(url.split(":///", 1)[1], isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=NORMAL")  # as waconv's engine
+    due = (
+        "SELECT id, event_id, event_name, event_time, ctwa_clid, custom_data, next_attempt_at"
+        " FROM conversions WHERE waba_id = ? AND status = 'pending' AND next_attempt_at <= ?"
+        " AND (next_attempt_at, id) > (?, ?) ORDER BY next_attempt_at, id LIMIT ?"
+    )
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+    def mark_sent(ids: list[int]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "UPDATE conversions SET status = 'sent', sent_at = ?, attempts = attempts + 1"
+            f" WHERE id IN ({','.join('?' * len(ids))})",
+            (now, *ids),
+        )
+        conn.execute("COMMIT")
+
+    with FakeProcess() as fake, requests.Session() as session:
+        url_events = f"{fake.url}/{GRAPH_VERSION}/{fake.dataset_id}/events"
+        headers = {
+            "Authorization": f"Bearer {common.GRAPH_TOKEN}",
+            "Content-Type": "application/json",
+        }
+
+        def post(body: bytes) -> None:
+            session.post(url_events, data=body, headers=headers, timeout=30).raise_for_status()
+
+        after: tuple[str, int] = ("", 0)
+        flying = None
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            while True:
+                batch = conn.execute(due, (WABA_ID, now, *after, BATCH)).fetchall()
+                body = orjson.dumps(
+                    {
+                        "data": [
+                            build_meta_event(
+                                event_name=name,
+                                event_time=datetime.fromisoformat(when).replace(tzinfo=UTC),
+                                event_id=event_id,
+                                waba_id=WABA_ID,
+                                ctwa_clid=clid,
+                                custom_data=orjson.loads(custom) if custom else None,
+                            )
+                            for _, event_id, name, when, clid, custom, _ in batch
+                        ]
+                    }
+                )
+                if flying is not None:  # batch k answered: record it, then send k+1
+                    future, ids = flying
+                    future.result()
+                    mark_sent(ids)
+                    flying = None
+                if not batch:
+                    break
+                after = (batch[-1][6], batch[-1][0])
+                flying = (sender.submit(post, body), [r[0] for r in batch])
+        seconds = time.perf_counter() - start
+        sent = conn.execute("SELECT count(*) FROM conversions WHERE status = 'sent'").fetchone()[0]
+        conn.close()
+        run = DispatchRun(
+            "floor", "sqlite", rnd, len(rows), seconds, len(rows) / seconds, db_sent=sent
+        )
+        return _finish(run, fake)
+
+
+def _fill_outbox(url: str, rows: list[dict[str, Any]]) -> None:
+    from waconv.accounts.registry import get_or_create_account
+    from waconv.db import Database
+    from waconv.models import Conversion
+
+    db = Database(url)
+    try:
+        with db.transaction() as session:
+            get_or_create_account(session, WABA_ID)
+            for i in range(0, len(rows), BATCH):
+                session.execute(insert(Conversion), rows[i : i + BATCH])
+    finally:
+        db.dispose()
 
 
 def run(*, events: int, rounds: int, backends: list[str], workdir: Path) -> DispatchResults:
@@ -359,6 +455,7 @@ def run(*, events: int, rounds: int, backends: list[str], workdir: Path) -> Disp
         results.runs.append(run_sdk(rows, rnd))
         for backend in active:
             results.runs.append(run_waconv(rows, backend, rnd, workdir))
+        results.runs.append(run_floor(rows, rnd, workdir))
     return results
 
 

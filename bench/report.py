@@ -178,6 +178,7 @@ def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
     keys = [("plain", "-"), ("sdk", "-")] + [
         ("waconv", b) for b in ("sqlite", "postgresql") if b not in results.skipped
     ]
+    keys.append(("floor", "sqlite"))
     for contender, backend in keys:
         runs = [r for r in results.runs if r.contender == contender and r.backend == backend]
         if not runs:
@@ -207,6 +208,16 @@ def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
             f"| {backend} | {vs_sdk:.2f}x {_verdict(vs_sdk >= DISPATCH_VS_SDK)} | "
             f"{vs_plain:.2f}x {_verdict(vs_plain >= DISPATCH_VS_PLAIN)} |"
         )
+    floor = median_rate(results, "floor", "sqlite")
+    if floor and plain:
+        waconv_sqlite = median_rate(results, "waconv", "sqlite")
+        out += [
+            "",
+            f"`floor` (bench/dispatch.py `run_floor`: a durable outbox reduced to one SELECT and "
+            f"one UPDATE per batch of 1,000, pipelined, no lease and no failure handling) "
+            f"reaches {floor / plain:.2f}x plain; waconv on SQLite is {waconv_sqlite / floor:.2f}x "
+            "that floor.",
+        ]
     out.append("")
     return out
 
