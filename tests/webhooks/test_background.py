@@ -157,8 +157,8 @@ def test_processors_are_child_processes_at_lower_priority_and_restarted_if_one_d
 def test_the_processor_leaves_when_the_worker_that_started_it_is_gone(make_app):
     services = make_app(webhook_processing="background").extensions["waconv"]
     ingest.store(services, encode(p.delivery(p.text("last one", wa_id="15550005555"))))
-    answers = iter([True, False])  # its parent is there once, then gone
-    processor.run(services, stop=threading.Event(), alive=lambda: next(answers))
+    answers = iter([True, True])  # its parent is there for one pass, then gone
+    processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 1}
 
 
@@ -186,3 +186,14 @@ def test_a_failing_delivery_is_isolated_and_the_batch_still_commits_once(make_ap
         items = dict(s.execute(select(WebhookDelivery.body, WebhookDelivery.items)).all())
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 5, WebhookDelivery.FAILED: 1}
     assert {items[b] for b in bodies} == {1}
+
+
+def test_an_orphaned_processor_leaves_between_transactions_of_a_backlog(make_app, monkeypatch):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    for i in range(5):
+        ingest.store(services, encode(p.delivery(p.text(f"b{i}", wa_id=f"1555000{i:04d}"))))
+    # One delivery per transaction: the backlog takes five transactions.
+    monkeypatch.setattr(ingest, "PROCESS_BUDGET_SECONDS", {"sqlite": 0, "postgresql": 0})
+    answers = iter([True, True])  # run() looks once, drain() once; then the worker is gone
+    processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
+    assert _statuses(services) == {WebhookDelivery.PROCESSED: 1, WebhookDelivery.RECEIVED: 4}

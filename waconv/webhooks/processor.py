@@ -174,7 +174,7 @@ def run(services: Services, *, stop: threading.Event, alive: Callable[[], bool])
         if touched != seen or time.monotonic() - last_poll >= IDLE_POLL_SECONDS:
             seen, last_poll = touched, time.monotonic()
             try:
-                drain(services, stop=stop, busy=busy)
+                drain(services, stop=stop, busy=busy, alive=alive)
             except Exception:
                 log.exception("webhook.processor.error; trying again shortly")
                 stop.wait(ERROR_PAUSE_SECONDS)
@@ -186,8 +186,11 @@ def drain(
     *,
     stop: threading.Event | None = None,
     busy: Callable[[], bool] | None = None,
+    alive: Callable[[], bool] | None = None,
 ) -> int:
-    """Process every stored delivery, in short transactions; return how many.
+    """Process every stored delivery, in short transactions; return how many. Between two
+    transactions, stop when asked to or when ``alive()`` says the worker that started this
+    processor is gone (a backlog must not keep an orphan working beside its successor).
 
     While requests keep arriving (``busy``), rest after each transaction as long as it took:
     on SQLite the requests' inserts wait for the write lock that a transaction holds, and the
@@ -195,7 +198,7 @@ def drain(
     going straight into its next transaction would starve them.
     """
     total = 0
-    while stop is None or not stop.is_set():
+    while (stop is None or not stop.is_set()) and (alive is None or alive()):
         started = time.monotonic()
         done = process_received(services)
         total += done
