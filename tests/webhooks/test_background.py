@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+from freezegun import freeze_time
 from sqlalchemy import func, select
 
 from tests import payloads as p
@@ -197,3 +198,37 @@ def test_an_orphaned_processor_leaves_between_transactions_of_a_backlog(make_app
     answers = iter([True, True])  # run() looks once, drain() once; then the worker is gone
     processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 1, WebhookDelivery.RECEIVED: 4}
+
+
+def _drain_busy_at(services, monkeypatch, *, stored_at: str, drained_at: str) -> list[float]:
+    """Three transactions' worth of deliveries stored at ``stored_at``, drained at
+    ``drained_at`` while requests keep arriving: the rests the processor took after each."""
+    count = 2 * ingest.PROCESS_BATCH + 1
+    with freeze_time(stored_at):
+        for i in range(count):
+            ingest.store(services, encode(p.delivery(p.text(f"r{i}", wa_id=f"1555000{i:04d}"))))
+    rests: list[float] = []
+    monkeypatch.setattr(processor.time, "sleep", rests.append)
+    with freeze_time(drained_at):  # the clock stands still: the lag is looked up once
+        assert processor.drain(services, busy=lambda: True) == count
+    return rests
+
+
+def test_while_requests_arrive_the_processor_rests_between_transactions(make_app, monkeypatch):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    rests = _drain_busy_at(
+        services, monkeypatch, stored_at="2026-11-24 10:00:00", drained_at="2026-11-24 10:00:02"
+    )
+    assert len(rests) == 3
+
+
+def test_a_backlog_past_the_resting_lag_is_worked_without_rest(make_app, monkeypatch):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    late = processor.MAX_RESTING_LAG.total_seconds() + 1
+    rests = _drain_busy_at(
+        services,
+        monkeypatch,
+        stored_at="2026-11-24 10:00:00",
+        drained_at=f"2026-11-24 10:00:{late:02.0f}",
+    )
+    assert rests == []

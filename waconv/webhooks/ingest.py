@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -162,6 +163,17 @@ def process_received(services: Services, *, budget_seconds: float | None = None)
     except Exception as exc:
         log.info("webhook.processing.retrying_one_by_one after %s", type(exc).__name__)
         return _process_batch(services, budget, isolate=True)
+
+
+def oldest_waiting(services: Services) -> datetime | None:
+    """When the oldest delivery still waiting for processing was received (None: none)."""
+    with services.db.transaction() as session:
+        return session.scalar(
+            select(WebhookDelivery.received_at)
+            .where(WebhookDelivery.status == WebhookDelivery.RECEIVED)
+            .order_by(WebhookDelivery.id)
+            .limit(1)
+        )
 
 
 def _process_batch(services: Services, budget: float, *, isolate: bool) -> int:

@@ -37,11 +37,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import IO
 
+from waconv.clock import utcnow
 from waconv.config import Settings
 from waconv.services import Services
-from waconv.webhooks.ingest import process_received
+from waconv.webhooks.ingest import oldest_waiting, process_received
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,18 @@ NICENESS = 10
 MAX_PROCESSORS = 4
 # How long Services.close() waits for the processor to finish its transaction.
 STOP_TIMEOUT_SECONDS = 10.0
-# While requests arrive (the lock file was touched this recently), the processor rests after
-# each transaction BUSY_REST_FACTOR times as long as the transaction took.
+# While requests arrive (the lock file was touched this recently), the processors rest after
+# each transaction BUSY_REST_FACTOR times as long as the transaction took, times their number:
+# together they then take about 1 / BUSY_REST_FACTOR of a core from the requests, however many
+# there are (with two on PostgreSQL, resting 4x each took 2 / 5 of a core).
 BUSY_WINDOW_SECONDS = 0.2
 BUSY_REST_FACTOR = 4.0
+# ... but never once the oldest delivery waiting is this old: resting caps processing at a
+# fifth of its speed, less than a steady stream of requests can bring (one every few ms keeps
+# it "busy"), and the backlog would then grow for as long as the stream lasts. Past this lag
+# the processors work without resting, still at nice 10. Conversions can wait this long: Meta
+# asks for them within the hour; the web workers' answers are what Meta times.
+MAX_RESTING_LAG = timedelta(seconds=10)
 # Lowered first thing, so that even its imports yield to the web workers.
 CHILD_COMMAND = (
     f"import os; os.nice({NICENESS}); "
@@ -163,6 +173,7 @@ def child_main() -> None:
 def run(services: Services, *, stop: threading.Event, alive: Callable[[], bool]) -> None:
     """Process deliveries as they are announced, until stopped or orphaned."""
     path = lock_path(services)
+    rest_factor = BUSY_REST_FACTOR * processor_count(services)
     seen = -1.0
     last_poll = 0.0
 
@@ -174,7 +185,7 @@ def run(services: Services, *, stop: threading.Event, alive: Callable[[], bool])
         if touched != seen or time.monotonic() - last_poll >= IDLE_POLL_SECONDS:
             seen, last_poll = touched, time.monotonic()
             try:
-                drain(services, stop=stop, busy=busy, alive=alive)
+                drain(services, stop=stop, busy=busy, alive=alive, rest_factor=rest_factor)
             except Exception:
                 log.exception("webhook.processor.error; trying again shortly")
                 stop.wait(ERROR_PAUSE_SECONDS)
@@ -187,26 +198,47 @@ def drain(
     stop: threading.Event | None = None,
     busy: Callable[[], bool] | None = None,
     alive: Callable[[], bool] | None = None,
+    rest_factor: float = BUSY_REST_FACTOR,
 ) -> int:
     """Process every stored delivery, in short transactions; return how many. Between two
     transactions, stop when asked to or when ``alive()`` says the worker that started this
     processor is gone (a backlog must not keep an orphan working beside its successor).
 
-    While requests keep arriving (``busy``), rest after each transaction as long as it took:
-    on SQLite the requests' inserts wait for the write lock that a transaction holds, and the
-    driver's busy handler retries only after sleeping 1, 2, 5, 10 ms and more, so a processor
-    going straight into its next transaction would starve them.
+    While requests keep arriving (``busy``), rest after each transaction ``rest_factor`` times
+    as long as it took: the requests get the CPU (and on SQLite the write lock) back, and the
+    backlog is worked off once the burst is over; unless the oldest delivery waiting is
+    ``MAX_RESTING_LAG`` old already.
     """
     total = 0
+    lag = _Lag(services)
     while (stop is None or not stop.is_set()) and (alive is None or alive()):
         started = time.monotonic()
         done = process_received(services)
         total += done
         if done == 0:
             break
-        if busy is not None and busy():
-            time.sleep(BUSY_REST_FACTOR * (time.monotonic() - started))
+        if busy is not None and busy() and lag.below(MAX_RESTING_LAG):
+            time.sleep(rest_factor * (time.monotonic() - started))
     return total
+
+
+class _Lag:
+    """How old the oldest waiting delivery is, looked up at most once a second."""
+
+    EVERY_SECONDS = 1.0
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.looked_at: float | None = None
+        self.value = timedelta(0)
+
+    def below(self, limit: timedelta) -> bool:
+        now = time.monotonic()
+        if self.looked_at is None or now - self.looked_at >= self.EVERY_SECONDS:
+            oldest = oldest_waiting(self.services)
+            self.value = timedelta(0) if oldest is None else utcnow() - oldest
+            self.looked_at = now
+        return self.value < limit
 
 
 def lock_path(services: Services) -> str:
