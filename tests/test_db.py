@@ -10,8 +10,9 @@ from sqlalchemy import func, select
 
 from tests import payloads as p
 from tests.conftest import encode
+from waconv.db import SQLITE_AUTOCHECKPOINT_PAGES
 from waconv.models import WebhookDelivery
-from waconv.webhooks import ingest
+from waconv.webhooks import ingest, processor
 
 
 def _count(services) -> int:
@@ -86,3 +87,47 @@ def test_postgres_plans_each_query_for_its_parameters(services):
             c.execute(select(func.count()).where(WebhookDelivery.status == "received"))
         kept = c.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
     assert kept == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "left_to_the_processor"), [("background", True), ("inline", False)]
+)
+def test_sqlite_commits_leave_wal_checkpoints_to_the_processor(
+    make_app, mode, left_to_the_processor
+):
+    """In background mode the processor checkpoints SQLite's WAL: a request's commit never
+    copies megabytes into the database and fsyncs them while the other writers wait."""
+    services = make_app(webhook_processing=mode).extensions["waconv"]
+    if services.db.dialect != "sqlite":
+        assert services.db.checkpoint() == 0  # PostgreSQL checkpoints on its own
+        return
+    services.db.checkpoint()  # start from an empty WAL
+    stores = 2 * SQLITE_AUTOCHECKPOINT_PAGES // 4  # a store writes about four pages
+    for i in range(stores):
+        ingest.store(services, encode(p.delivery(p.text(f"c{i}", wa_id=f"1555{i:07d}"))))
+    copied = services.db.checkpoint()  # what the commits left in the WAL
+    assert (copied >= SQLITE_AUTOCHECKPOINT_PAGES) is left_to_the_processor, copied
+
+
+def test_the_processor_checkpoints_between_its_transactions(make_app, monkeypatch):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    for i in range(3):
+        ingest.store(services, encode(p.delivery(p.text(f"k{i}", wa_id=f"1555{i:07d}"))))
+    monkeypatch.setattr(ingest, "PROCESS_BUDGET_SECONDS", {"sqlite": 0, "postgresql": 0})
+    monkeypatch.setattr(processor, "CHECKPOINT_SECONDS", 0)
+    processed_at_checkpoint = []
+
+    def checkpoint() -> int:
+        with services.db.transaction() as s:
+            processed_at_checkpoint.append(
+                s.scalar(
+                    select(func.count()).where(WebhookDelivery.status == WebhookDelivery.PROCESSED)
+                )
+            )
+        return 0
+
+    monkeypatch.setattr(services.db, "checkpoint", checkpoint)
+    answers = iter([True] * 6)
+    processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
+    # Not only between passes: after each transaction of a pass (one delivery each here).
+    assert {1, 2} <= set(processed_at_checkpoint), processed_at_checkpoint

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from waconv.config import Settings
-from waconv.db import Database
+from waconv.db import DEFERRED_AUTOCHECKPOINT_PAGES, SQLITE_AUTOCHECKPOINT_PAGES, Database
 
 if TYPE_CHECKING:
     from waconv.graph.client import GraphClient
@@ -32,7 +32,15 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         rules = _load_rules(settings)
-        db = Database(settings.database_url, pool_size=settings.db_pool_size)
+        # The background processor checkpoints SQLite's WAL; commits only do it without one.
+        deferred = settings.webhook_processing == "background"
+        db = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            autocheckpoint=(
+                DEFERRED_AUTOCHECKPOINT_PAGES if deferred else SQLITE_AUTOCHECKPOINT_PAGES
+            ),
+        )
         return cls(settings=settings, db=db, rules=rules)
 
     @property

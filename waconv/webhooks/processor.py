@@ -73,6 +73,8 @@ BUSY_REST_FACTOR = 4.0
 # the processors work without resting, still at nice 10. Conversions can wait this long: Meta
 # asks for them within the hour; the web workers' answers are what Meta times.
 MAX_RESTING_LAG = timedelta(seconds=10)
+# How often the processor checkpoints SQLite's WAL (see waconv.db.DEFERRED_AUTOCHECKPOINT_PAGES).
+CHECKPOINT_SECONDS = 0.1
 # Lowered first thing, so that even its imports yield to the web workers.
 CHILD_COMMAND = (
     f"import os; os.nice({NICENESS}); "
@@ -180,12 +182,21 @@ def run(services: Services, *, stop: threading.Event, alive: Callable[[], bool])
     def busy() -> bool:
         return time.time() - _mtime(path) < BUSY_WINDOW_SECONDS
 
+    checkpoints = _Checkpoints(services)
     while not stop.is_set() and alive():
+        checkpoints.due()
         touched = _mtime(path)
         if touched != seen or time.monotonic() - last_poll >= IDLE_POLL_SECONDS:
             seen, last_poll = touched, time.monotonic()
             try:
-                drain(services, stop=stop, busy=busy, alive=alive, rest_factor=rest_factor)
+                drain(
+                    services,
+                    stop=stop,
+                    busy=busy,
+                    alive=alive,
+                    rest_factor=rest_factor,
+                    between=checkpoints.due,
+                )
             except Exception:
                 log.exception("webhook.processor.error; trying again shortly")
                 stop.wait(ERROR_PAUSE_SECONDS)
@@ -199,6 +210,7 @@ def drain(
     busy: Callable[[], bool] | None = None,
     alive: Callable[[], bool] | None = None,
     rest_factor: float = BUSY_REST_FACTOR,
+    between: Callable[[], None] | None = None,
 ) -> int:
     """Process every stored delivery, in short transactions; return how many. Between two
     transactions, stop when asked to or when ``alive()`` says the worker that started this
@@ -207,7 +219,7 @@ def drain(
     While requests keep arriving (``busy``), rest after each transaction ``rest_factor`` times
     as long as it took: the requests get the CPU (and on SQLite the write lock) back, and the
     backlog is worked off once the burst is over; unless the oldest delivery waiting is
-    ``MAX_RESTING_LAG`` old already.
+    ``MAX_RESTING_LAG`` old already. ``between`` is called after each transaction.
     """
     total = 0
     lag = _Lag(services)
@@ -217,9 +229,25 @@ def drain(
         total += done
         if done == 0:
             break
+        if between is not None:
+            between()
         if busy is not None and busy() and lag.below(MAX_RESTING_LAG):
             time.sleep(rest_factor * (time.monotonic() - started))
     return total
+
+
+class _Checkpoints:
+    """SQLite's WAL checkpointed by the processor, at most every CHECKPOINT_SECONDS, so that
+    no webhook request has to (see waconv.db.DEFERRED_AUTOCHECKPOINT_PAGES)."""
+
+    def __init__(self, services: Services) -> None:
+        self.db = services.db
+        self.last = time.monotonic()
+
+    def due(self) -> None:
+        if time.monotonic() - self.last >= CHECKPOINT_SECONDS:
+            self.db.checkpoint()
+            self.last = time.monotonic()
 
 
 class _Lag:
