@@ -107,6 +107,13 @@ def test_a_body_over_the_limit_goes_to_flask_for_its_413(app, services, flask_on
     assert answer["error"]["code"] == "request_entity_too_large"
 
 
+@pytest.mark.parametrize("length", ["", "-1", "1e3", "\u00b2", " 12"])
+def test_a_content_length_that_is_not_a_number_goes_to_flask(app, services, flask_only, length):
+    status, _ = _call(app, BODY, signed_headers(BODY), length=length)
+    assert flask_only == [1]
+    assert not status.startswith("500")
+
+
 def test_a_client_that_leaves_mid_body_stores_nothing(app, services):
     status, _ = _call(app, BODY[:100], signed_headers(BODY), length=str(len(BODY)))
     assert status.startswith("400")

@@ -122,7 +122,8 @@ class FrontDoor:
         if environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
         length = environ.get("CONTENT_LENGTH", "")
-        if not length.isdigit() or int(length) > self.max_bytes:
+        # isascii: "²" is a digit to str.isdigit, and int() refuses it.
+        if not (length.isascii() and length.isdigit()) or int(length) > self.max_bytes:
             return self.app(environ, start_response)
         size = int(length)
         raw = environ["wsgi.input"].read(size)
