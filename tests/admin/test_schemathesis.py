@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import schemathesis
 from flask import Flask
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -54,6 +54,18 @@ def admin_schema(
         assert r.status_code == 202
         set_conversion(services, r.json["id"], status=status, last_error=f"seeded {status}")
     return schemathesis.openapi.from_wsgi("/admin/openapi.json", app, headers=AUTH)
+
+
+def _invalid_as_sent(case: schemathesis.Case) -> bool:
+    """Whether a negative case is still invalid once sent. Two of its mutations never reach
+    the server: a query parameter with no name or no value (``{"": []}`` encodes to nothing),
+    and a missing or wrong Authorization header (every request carries the admin token; the
+    refusals are tested in test_auth.py). Sent anyway, the request is valid, and the API's
+    200 was reported as "schema-violating request accepted"."""
+    if any(name == "" or value == [] for name, value in (case.query or {}).items()):
+        return False
+    mutations = getattr(case.meta.phase.data, "mutations", ()) if case.meta else ()
+    return not any(m.parameter == "Authorization" for m in mutations)
 
 
 # Every operation of the document; test_every_operation_is_tested keeps this list complete.
@@ -96,6 +108,8 @@ def test_admin_api_matches_its_openapi_document(
         suppress_health_check=list(HealthCheck),
     )
     def run(case: schemathesis.Case) -> None:
+        if mode == GenerationMode.NEGATIVE:
+            assume(_invalid_as_sent(case))
         case.call_and_validate(headers=AUTH, checks=CHECKS)
 
     run()
