@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import event
 
 from tests import payloads as p
 from tests.conftest import PHONE_NUMBER_ID
@@ -70,6 +71,29 @@ def test_referral_on_a_non_text_first_message_counts(post_webhook, conversation_
     body = conversation_json()
     assert body["ctwa_clid"] == p.CLICK_ID
     assert body["clicked_at"] == "2025-06-18T19:46:32Z"
+
+
+@pytest.mark.parametrize("clid", [p.CLICK_ID, None])
+def test_a_new_user_s_conversation_is_inserted_with_its_click_and_not_updated(
+    post_webhook, services, conversation_json, clid
+):
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(" ".join(statement.split()[:3]))
+
+    event.listen(services.db.engine, "before_cursor_execute", seen)
+    try:
+        ref = p.referral(ctwa_clid=clid)
+        assert post_webhook(p.delivery(p.text("hi", ts=T0, ref=ref))).status_code == 200
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", seen)
+    assert "INSERT INTO conversations" in statements
+    assert "UPDATE conversations SET" not in statements, statements
+    body = conversation_json()
+    assert body["ctwa_clid"] == clid
+    assert body["referral"]["source_id"] == ref["source_id"]
+    assert body["clicked_at"] == body["first_message_at"] == body["last_message_at"]
 
 
 def test_later_messages_without_referral_keep_the_click(post_webhook, conversation_json):

@@ -107,11 +107,14 @@ def resolve_conversation(
     user_id: str | None,
     profile_name: str | None = None,
     username: str | None = None,
+    first_state: dict[str, Any] | None = None,
 ) -> Conversation:
-    """Get or create the conversation; fill in an identifier learnt later."""
+    """Get or create the conversation; fill in an identifier learnt later. A conversation
+    created here starts with ``first_state`` (see ``first_message_state``)."""
     conversation = _find(session, phone_number_id, wa_id, user_id)
     if conversation is None:
         values = {
+            **(first_state or {}),
             "waba_id": waba_id,
             "phone_number_id": phone_number_id,
             "display_phone_number": display_phone_number,
@@ -167,6 +170,23 @@ def _ad(referral: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _click_id(referral: dict[str, Any]) -> str | None:
+    clid = referral.get("ctwa_clid")
+    if not isinstance(clid, str) or len(clid) > CLICK_ID:
+        return None  # not a click id Meta issued, and no column could hold it
+    return clid or None
+
+
+def first_message_state(at: datetime, referral: dict[str, Any] | None) -> dict[str, Any]:
+    """A new conversation's columns as its first message leaves them, so that they go into
+    its INSERT: ``record_activity`` and ``record_click`` then change nothing, and no UPDATE
+    follows (one statement fewer for a CTWA delivery from a new user, the usual one)."""
+    state: dict[str, Any] = {"first_message_at": at, "last_message_at": at}
+    if referral is not None:
+        state.update(referral=_ad(referral), clicked_at=at, ctwa_clid=_click_id(referral))
+    return state
+
+
 def _click_column(key: str, value: Any) -> str | None:
     """An ad field as its ``clicks`` column takes it: text, cut to the column's size."""
     if value is None:
@@ -189,16 +209,14 @@ def record_click(
     never erases a click the conversation already has.
     """
     ad = _ad(referral)
-    clid = referral.get("ctwa_clid") if isinstance(referral.get("ctwa_clid"), str) else None
-    if clid is not None and len(clid) > CLICK_ID:
-        clid = None  # not a click id Meta issued, and no column could hold it
+    clid = _click_id(referral)
     click_id = insert_or_ignore(
         session,
         Click,
         {
             "conversation_id": conversation.id,
             "message_wamid": wamid,
-            "ctwa_clid": clid or None,
+            "ctwa_clid": clid,
             **{k: _click_column(k, v) for k, v in ad.items()},
             "referral": referral,
             "clicked_at": at,

@@ -308,6 +308,8 @@ def _process_message(
         timestamp = utcnow()
     kind = _clip(msg.get("type"), TYPE_MAX) or "unknown"
     profile = _dict(contact.get("profile"))
+    referral = msg.get("referral")
+    referral = referral if isinstance(referral, dict) else None
 
     conversation = store.resolve_conversation(
         ctx.session,
@@ -319,6 +321,7 @@ def _process_message(
         profile_name=_clip(profile.get("name"), NAME_MAX),
         username=_clip(profile.get("username"), NAME_MAX)
         or _clip(contact.get("username"), NAME_MAX),
+        first_state=store.first_message_state(timestamp, referral),
     )
     text = message_text(msg)
     message_id = insert_or_ignore(
@@ -338,8 +341,7 @@ def _process_message(
         return  # seen before: a redelivery takes no second effect
 
     store.record_activity(conversation, timestamp)
-    referral = msg.get("referral")
-    if isinstance(referral, dict):
+    if referral is not None:
         store.record_click(ctx.session, conversation, wamid, referral, timestamp)
     if kind == "system":
         _process_system(ctx, conversation, msg)
