@@ -71,8 +71,10 @@ BUSY_REST_FACTOR = 4.0
 # fifth of its speed, less than a steady stream of requests can bring (one every few ms keeps
 # it "busy"), and the backlog would then grow for as long as the stream lasts. Past this lag
 # the processors work without resting, still at nice 10. Conversions can wait this long: Meta
-# asks for them within the hour; the web workers' answers are what Meta times.
-MAX_RESTING_LAG = timedelta(seconds=10)
+# asks for them within the hour; the web workers' answers are what Meta times. At 10 s a
+# burst of 20,000 at 1,500 a second (13 s) had its processors stop resting before its end,
+# and their share of the CPU slowed its last seconds.
+MAX_RESTING_LAG = timedelta(seconds=30)
 # How often the processor checkpoints SQLite's WAL (see waconv.db.DEFERRED_AUTOCHECKPOINT_PAGES).
 CHECKPOINT_SECONDS = 0.1
 # Lowered first thing, so that even its imports yield to the web workers.
