@@ -63,7 +63,7 @@ MAX_PROCESSORS = 4
 STOP_TIMEOUT_SECONDS = 10.0
 # While requests arrive (the lock file was touched this recently), the processors rest after
 # each transaction BUSY_REST_FACTOR times as long as the transaction took, times their number:
-# together they then take about 1 / BUSY_REST_FACTOR of a core from the requests, however many
+# together they then take at most 1 / BUSY_REST_FACTOR of a core from the requests, however many
 # there are (with two on PostgreSQL, resting 4x each took 2 / 5 of a core).
 BUSY_WINDOW_SECONDS = 0.2
 BUSY_REST_FACTOR = 4.0
