@@ -457,21 +457,8 @@ class Dispatcher:
         """Give back a claim that never went out, its attempt not counted (best effort: the
         pipeline is failing already; if this fails too, the lease lapses)."""
         try:
-            with self.db.transaction() as session:
-                session.execute(
-                    update(Conversion)
-                    .where(
-                        _id_in(claimed.ids, self.db.dialect),
-                        Conversion.lease_token == claimed.token,
-                    )
-                    .values(
-                        status=Conversion.PENDING,
-                        attempts=Conversion.attempts - 1,
-                        leased_until=None,
-                        lease_token=None,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
+            back = {"status": Conversion.PENDING, "attempts": Conversion.attempts - 1}
+            self._finalize(claimed, claimed.rows, back, outcome=None)
         except Exception:
             log.exception("conversion.release_failed count=%s", len(claimed.rows))
 
@@ -713,8 +700,10 @@ class Dispatcher:
         """The pipeline's sender: the request, then, with ``record``, the rows marked sent in a
         transaction of its own; how many were (None: not recorded here)."""
         self._post(creds, claimed, rows)
-        if not record:
-            return None
+        return self._record_accepted(claimed, rows, creds) if record else None
+
+    def _record_accepted(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
+        """Meta took ``rows``: count the request and mark them sent; how many were."""
         GRAPH_REQUESTS.labels(endpoint="events", outcome="ok").inc()
         return self._record_sent(claimed, rows, creds)
 
@@ -727,8 +716,7 @@ class Dispatcher:
         *,
         probing: bool = False,
     ) -> None:
-        GRAPH_REQUESTS.labels(endpoint="events", outcome="ok").inc()
-        stats.sent += self._record_sent(claimed, rows, creds)
+        stats.sent += self._record_accepted(claimed, rows, creds)
         if probing:
             self._resume(creds.waba_id, "Meta accepted events again")
 
@@ -808,10 +796,11 @@ class Dispatcher:
         return kept
 
     def _finalize(
-        self, claimed: Claimed, rows: Sequence[Row], values: dict[str, Any], outcome: str
+        self, claimed: Claimed, rows: Sequence[Row], values: dict[str, Any], outcome: str | None
     ) -> int:
-        """Set ``values`` on the rows still leased to us; how many that was (a late finalize
-        of a lost lease changes, and counts, nothing)."""
+        """Set ``values`` on the rows still leased to us, and end their lease; how many that
+        was, counted under ``outcome`` (a late finalize of a lost lease changes, and counts,
+        nothing)."""
         with self.db.transaction() as session:
             result = session.execute(
                 update(Conversion)
@@ -823,7 +812,7 @@ class Dispatcher:
                 .execution_options(synchronize_session=False)
             )
         count = _rowcount(result)
-        if count:
+        if count and outcome is not None:
             CONVERSION_EVENTS.labels(outcome=outcome).inc(count)
         return count
 
