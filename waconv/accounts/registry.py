@@ -31,7 +31,6 @@ FROM_ACCOUNT = "own"
 FROM_ENV = "default"  # WACONV_ACCESS_TOKEN
 FROM_NOWHERE = "none"
 
-# Pause reasons are operator_message() sentences, which end with "(Meta error 100/33, ...)".
 # Meta errors that mean "wrong dataset for this WABA" (reference §3.9): 100/33 the token cannot
 # reach the dataset, 100/2804132 the dataset is not linked to the WABA; 2500 / 803 an unknown
 # path or object, i.e. a dataset id Meta does not know. A new dataset id may cure each of them.

@@ -68,12 +68,12 @@ STOP_TIMEOUT_SECONDS = 10.0
 BUSY_WINDOW_SECONDS = 0.2
 BUSY_REST_FACTOR = 4.0
 # ... but never once the oldest delivery waiting is this old: resting caps processing at a
-# fifth of its speed, less than a steady stream of requests can bring (one every few ms keeps
-# it "busy"), and the backlog would then grow for as long as the stream lasts. Past this lag
-# the processors work without resting, still at nice 10. Conversions can wait this long: Meta
-# asks for them within the hour; the web workers' answers are what Meta times. At 10 s a
-# burst of 20,000 at 1,500 a second (13 s) had its processors stop resting before its end,
-# and their share of the CPU slowed its last seconds.
+# fifth of its speed or less, below what a steady stream of requests can bring (one every few
+# ms keeps it "busy"), and the backlog would then grow for as long as the stream lasts. Past
+# this lag the processors work without resting, still at nice 10. Conversions can wait this
+# long: Meta asks for them within the hour; the web workers' answers are what Meta times. At
+# 10 s a burst of 20,000 at 1,500 a second (13 s) had its processors stop resting before its
+# end, and their share of the CPU slowed its last seconds.
 MAX_RESTING_LAG = timedelta(seconds=30)
 # How often the processor checkpoints SQLite's WAL (see waconv.db.DEFERRED_AUTOCHECKPOINT_PAGES).
 CHECKPOINT_SECONDS = 0.1
