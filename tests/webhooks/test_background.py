@@ -232,3 +232,17 @@ def test_a_backlog_past_the_resting_lag_is_worked_without_rest(make_app, monkeyp
         drained_at=f"2026-11-24 10:00:{late:02.0f}",
     )
     assert rests == []
+
+
+def test_the_processors_rest_longer_the_more_of_them_there_are(make_app, monkeypatch):
+    """Together they take at most 1 / BUSY_REST_FACTOR of a core, however many run."""
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    ingest.store(services, encode(p.delivery(p.text("rest", wa_id="15550006666"))))
+    monkeypatch.setattr(processor, "processor_count", lambda services: 3)
+    factors = []
+    monkeypatch.setattr(
+        processor, "drain", lambda services, **kw: factors.append(kw["rest_factor"]) or 0
+    )
+    answers = iter([True])
+    processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
+    assert factors == [3 * processor.BUSY_REST_FACTOR]
