@@ -8,6 +8,7 @@ import time
 
 from freezegun import freeze_time
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from tests import payloads as p
 from tests.conftest import encode, signed_headers
@@ -246,3 +247,29 @@ def test_the_processors_rest_longer_the_more_of_them_there_are(make_app, monkeyp
     answers = iter([True])
     processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
     assert factors == [3 * processor.BUSY_REST_FACTOR]
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"  # what psycopg's DeadlockDetected carries
+
+
+def test_a_deadlock_victim_in_a_batch_is_left_for_the_next_transaction(make_app, monkeypatch):
+    """Not retried in place (the batch still holds its earlier deliveries' locks, so the two
+    processors would deadlock again), and never recorded as failed: it is processed later."""
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    for i in range(3):
+        ingest.store(services, encode(p.delivery(p.text(f"d{i}", wa_id=f"1555000{i:04d}"))))
+    real = ingest.process_payload
+    victims = []
+
+    def process_payload(session, services, delivery_id, payload):
+        if delivery_id == 2 and len(victims) < 2:  # in the batch, then in its savepoint
+            victims.append(delivery_id)
+            raise OperationalError("SELECT ... FOR UPDATE", {}, _Deadlock("deadlock detected"))
+        return real(session, services, delivery_id, payload)
+
+    monkeypatch.setattr(ingest, "process_payload", process_payload)
+    assert ingest.process_received(services, budget_seconds=60) == 2
+    assert _statuses(services) == {WebhookDelivery.PROCESSED: 2, WebhookDelivery.RECEIVED: 1}
+    assert ingest.process_received(services, budget_seconds=60) == 1
+    assert _statuses(services) == {WebhookDelivery.PROCESSED: 3}

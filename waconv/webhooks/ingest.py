@@ -197,12 +197,14 @@ def _process_batch(services: Services, budget: float, *, isolate: bool) -> int:
                 failed += 1
                 continue
             if isolate:
-                items = _apply_isolated(services, session, delivery_id, payload)
+                items = _apply_isolated(
+                    services, session, delivery_id, payload, defer_conflicts=True
+                )
             else:
                 items = process_payload(session, services, delivery_id, payload)
             if items is None:
                 failed += 1
-            else:
+            elif items != DEFERRED:
                 processed.append((delivery_id, items))
         _mark_processed(session, processed)
         ensured = session.info.get(ENSURED_ACCOUNTS, set())
@@ -257,10 +259,26 @@ def _is_lock_conflict(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in LOCK_CONFLICTS
 
 
+# What _apply_isolated answers for a delivery left for a later transaction.
+DEFERRED = -1
+
+
 def _apply_isolated(
-    services: Services, session: Session, delivery_id: int, payload: dict[str, Any]
+    services: Services,
+    session: Session,
+    delivery_id: int,
+    payload: dict[str, Any],
+    *,
+    defer_conflicts: bool = False,
 ) -> int | None:
-    """Process inside a savepoint: the items looked at, or None once recorded as failed."""
+    """Process inside a savepoint: the items looked at, or None once recorded as failed.
+
+    A lock conflict (PostgreSQL chose us as a deadlock victim) is retried at once, unless
+    ``defer_conflicts``: in a batch, the transaction still holds the locks of the deliveries
+    before this one, so the same two processors would deadlock again (seen: four attempts
+    lost, and a sound delivery recorded as failed). The delivery is then left ``received``
+    (``DEFERRED``) for a later transaction, once the other one has committed.
+    """
     attempt = 1
     ensured = set(session.info.get(ENSURED_ACCOUNTS, ()))
     while True:
@@ -269,6 +287,9 @@ def _apply_isolated(
                 return process_payload(session, services, delivery_id, payload)
         except Exception as exc:
             session.info[ENSURED_ACCOUNTS] = ensured  # its inserts were rolled back
+            if defer_conflicts and _is_lock_conflict(exc):
+                log.info("webhook.delivery.lock_conflict delivery_id=%s deferred", delivery_id)
+                return DEFERRED
             if attempt < MAX_PROCESS_ATTEMPTS and _is_lock_conflict(exc):
                 # Rolling back the savepoint released its locks; the other delivery goes on,
                 # and the retry sees what it committed (its messages are then no-ops here).
