@@ -18,6 +18,10 @@ keepalive = 5
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+# gunicorn 25.1+ opens a control socket at ~/.gunicorn/gunicorn.ctl: a second instance on the
+# host (a deploy's new one beside the old, tests) logs "[ERROR] Control server error ... already
+# in use". waconv does not use gunicornc; older gunicorns ignore the setting.
+control_socket_disable = True
 
 
 def child_exit(server, worker):  # gunicorn's hook signature
