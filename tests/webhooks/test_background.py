@@ -257,13 +257,16 @@ def test_a_deadlock_victim_in_a_batch_is_left_for_the_next_transaction(make_app,
     """Not retried in place (the batch still holds its earlier deliveries' locks, so the two
     processors would deadlock again), and never recorded as failed: it is processed later."""
     services = make_app(webhook_processing="background").extensions["waconv"]
-    for i in range(3):
+    stored = [
         ingest.store(services, encode(p.delivery(p.text(f"d{i}", wa_id=f"1555000{i:04d}"))))
+        for i in range(3)
+    ]
+    victim = stored[1].delivery_id
     real = ingest.process_payload
     victims = []
 
     def process_payload(session, services, delivery_id, payload):
-        if delivery_id == 2 and len(victims) < 2:  # in the batch, then in its savepoint
+        if delivery_id == victim and len(victims) < 2:  # in the batch, then in its savepoint
             victims.append(delivery_id)
             raise OperationalError("SELECT ... FOR UPDATE", {}, _Deadlock("deadlock detected"))
         return real(session, services, delivery_id, payload)
