@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import threading
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, literal, select
 
 from tests import payloads as p
 from tests.conftest import encode
-from waconv.db import SQLITE_AUTOCHECKPOINT_PAGES
+from waconv.db import SQLITE_AUTOCHECKPOINT_PAGES, UTCDateTime, from_driver_time, time_binder
 from waconv.models import WebhookDelivery
 from waconv.webhooks import ingest, processor
 
@@ -131,3 +132,21 @@ def test_the_processor_checkpoints_between_its_transactions(make_app, monkeypatc
     processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
     # Not only between passes: after each transaction of a pass (one delivery each here).
     assert {1, 2} <= set(processed_at_checkpoint), processed_at_checkpoint
+
+
+@pytest.mark.parametrize("microsecond", [0, 250])
+def test_times_given_to_the_driver_are_those_the_orm_writes(services, microsecond):
+    """SQL run on the driver itself (the webhook store, the dispatcher's claim) binds times as
+    the ORM does: SQLite compares them as text, so a whole second must still carry its
+    ``.000000``."""
+    moment = datetime(2026, 3, 2, 12, 0, 0, microsecond, tzinfo=UTC)
+    bound = time_binder(services.db.engine.dialect)(moment)
+    if services.db.dialect == "sqlite":
+        with services.db.transaction() as session:
+            orm = session.scalar(select(cast(literal(moment, UTCDateTime()), Text)))
+        assert bound == orm == f"2026-03-02 12:00:00.{microsecond:06d}"
+    else:
+        assert bound == moment
+    with services.db.autocommit_cursor(write=False) as cursor:
+        cursor.execute(f"SELECT {services.db.placeholder}", (bound,))
+        assert from_driver_time(cursor.fetchone()[0]) == moment

@@ -13,25 +13,23 @@ deliveries up within a moment; the request itself does only the insert.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from waconv.clock import utcnow
 from waconv.conversations.store import ENSURED_ACCOUNTS
-from waconv.db import insert_or_ignore
+from waconv.db import insert_or_ignore, time_binder
 from waconv.models import WebhookDelivery
 from waconv.services import Services
 from waconv.webhooks.processing import process_payload
@@ -90,13 +88,6 @@ _STORE_SQL = {
 }
 
 
-@functools.cache
-def _received_at_processor(dialect: Dialect) -> Callable[[Any], Any]:
-    # What the ORM would send for a UTCDateTime: SQLite compares these as text.
-    processor = WebhookDelivery.__table__.c.received_at.type.bind_processor(dialect)
-    return processor or (lambda value: value)
-
-
 def receive(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveResult:
     if services.settings.webhook_processing == "inline":
         return _receive_inline(services, raw, payload)
@@ -108,7 +99,7 @@ def store(services: Services, raw: bytes) -> ReceiveResult:
     digest = hashlib.sha256(raw).hexdigest()
     db = services.db
     insert, existing = _STORE_SQL[db.placeholder]
-    received_at = _received_at_processor(db.engine.dialect)(utcnow())
+    received_at = time_binder(db.engine.dialect)(utcnow())
     with db.autocommit_cursor() as cursor:
         cursor.execute(insert, (digest, raw, received_at))
         row = cursor.fetchone()
