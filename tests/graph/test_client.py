@@ -561,3 +561,24 @@ def test_connection_error_drops_the_prepared_request() -> None:
     assert err.network
     assert err.__cause__ is None
     assert err.__suppress_context__
+
+
+def test_the_environment_s_proxy_and_ca_settings_are_read_once_and_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """requests would read them again for every request; the client reads them when it is made
+    and keeps them for the host it talks to."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "graph.internal")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    with GraphClient("https://graph.facebook.com", "v26.0") as meta:
+        assert meta.session.proxies["https"] == "http://proxy.internal:3128"
+        assert meta.session.verify == str(bundle)
+        assert meta.session.trust_env is False
+    with GraphClient("https://graph.internal", "v26.0") as bypassed:
+        assert "https" not in bypassed.session.proxies
+    monkeypatch.setenv("HTTPS_PROXY", "http://changed.internal:3128")
+    with GraphClient("https://graph.facebook.com", "v26.0") as later:
+        assert later.session.proxies["https"] == "http://changed.internal:3128"

@@ -71,6 +71,19 @@ def _connection_reason(exc: BaseException) -> str:
     return text[:MAX_REASON_LENGTH]
 
 
+def _session_for(base_url: str) -> requests.Session:
+    """A session for one host that reads the environment's proxy and CA bundle settings
+    (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``...) once, here: by default requests
+    reads them again for every request, walking the whole environment (profiled: the largest
+    CPU cost of a 1,000-event request after building it)."""
+    session = requests.Session()
+    found = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies.update(found["proxies"])
+    session.verify = found["verify"]
+    session.trust_env = False
+    return session
+
+
 class GraphClient:
     """Graph API calls for one base URL and version; the token is passed per call because each
     WhatsApp Business Account may have its own.
@@ -98,7 +111,7 @@ class GraphClient:
         self.version = version.strip("/")
         self.timeout = timeout
         self._owns_session = session is None
-        self.session = session if session is not None else requests.Session()
+        self.session = session if session is not None else _session_for(self.base_url)
         self._app_secret = app_secret or None
 
     def __repr__(self) -> str:
