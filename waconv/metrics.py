@@ -84,7 +84,7 @@ class OutboxCollector(Collector):
             )
             oldest = s.scalar(
                 select(func.min(Conversion.created_at)).where(
-                    Conversion.status.in_([Conversion.PENDING, Conversion.SENDING])
+                    Conversion.status == Conversion.PENDING
                 )
             )
             paused = s.scalar(select(func.count()).where(Account.status == Account.PAUSED))
@@ -107,7 +107,7 @@ class OutboxCollector(Collector):
         yield GaugeMetricFamily(
             "waconv_outbox_queue_depth",
             "Conversion events waiting to be sent (pending + in flight)",
-            value=by_status.get(Conversion.PENDING, 0) + by_status.get(Conversion.SENDING, 0),
+            value=by_status.get(Conversion.PENDING, 0),
         )
         age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         yield GaugeMetricFamily(

@@ -57,6 +57,10 @@ class Account(Base):
     # A paused account is probed again from this time on (a fixed env token resumes it).
     probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dataset_provision_tried_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The dispatcher sending this account's events holds this lease (one dispatcher per account
+    # at a time: its events need no lease of their own, see waconv.conversions.dispatcher).
+    dispatch_token: Mapped[str | None] = mapped_column(String(64))
+    dispatch_leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -215,33 +219,32 @@ class Conversion(Base):
     """The outbox: one conversion event, its schedule and its fate."""
 
     __tablename__ = "conversions"
-    # The due-event indexes hold, on PostgreSQL, only events still to send: marking a batch
-    # sent (or failed, expired) then adds nothing to them (measured: the UPDATE of 1,000 rows
-    # 35 -> 25 ms on the server). SQLite keeps them whole: its planner uses a partial index
-    # only for queries that repeat the index's WHERE, and its UPDATE touches only the indexes
-    # whose columns change anyway.
+    # The due-event indexes hold only events still to send (partial, on both databases):
+    # marking a batch sent only takes its rows out of them (measured on SQLite: 8.5 -> 4.5 ms
+    # per 1,000). Queries must test ``status = 'pending'`` (not an IN list), or SQLite's
+    # planner does not see that the index applies.
     __table_args__ = (
         Index(
             "ix_conversions_due",
-            "status",
             "next_attempt_at",
-            postgresql_where=text("status IN ('pending', 'sending')"),
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
         ),
         Index(
             "ix_conversions_account_due",
             "waba_id",
-            "status",
             "next_attempt_at",
-            postgresql_where=text("status IN ('pending', 'sending')"),
+            "id",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
         ),
     )
 
-    PENDING = "pending"
-    SENDING = "sending"  # leased by a dispatcher until leased_until
+    PENDING = "pending"  # to send; also while its request is in flight
     SENT = "sent"
     FAILED = "failed"
     EXPIRED = "expired"
-    STATUSES = (PENDING, SENDING, SENT, FAILED, EXPIRED)
+    STATUSES = (PENDING, SENT, FAILED, EXPIRED)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # Deterministic: the same conversion always yields the same id, so a double enqueue
@@ -262,8 +265,6 @@ class Conversion(Base):
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    lease_token: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)  # one sentence for the operator
     last_error_code: Mapped[int | None] = mapped_column(Integer)
     last_error_subcode: Mapped[int | None] = mapped_column(Integer)

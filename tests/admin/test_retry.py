@@ -32,8 +32,6 @@ def failed(admin: Admin, services: Services, clicked: str) -> int:
         last_error=REFUSAL,
         last_error_code=100,
         last_error_subcode=2804066,
-        lease_token="dead-lease",
-        leased_until=utcnow() - timedelta(minutes=5),
     )
     return int(r.json["id"])
 
@@ -53,8 +51,6 @@ def test_retry_requeues_a_failed_conversion(admin: Admin, services: Services, fa
     assert stored.attempts == 2
     assert stored.last_error == REFUSAL
     assert stored.last_error_code == 100
-    assert stored.leased_until is None
-    assert stored.lease_token is None
 
 
 def test_a_retried_conversion_is_sent_by_the_next_dispatcher_pass(
@@ -69,7 +65,7 @@ def test_a_retried_conversion_is_sent_by_the_next_dispatcher_pass(
     assert stored.event_id in fake_graph.accepted_event_ids()
 
 
-@pytest.mark.parametrize("status", [Conversion.PENDING, Conversion.SENDING, Conversion.SENT])
+@pytest.mark.parametrize("status", [Conversion.PENDING, Conversion.SENT])
 def test_only_failed_conversions_can_be_retried(
     admin: Admin, services: Services, failed: int, status: str
 ) -> None:

@@ -136,6 +136,12 @@ def account(services: Services, waba_id: str = WABA_ID) -> Account:
         return found
 
 
+def assert_released(services: Services, waba_id: str = WABA_ID) -> None:
+    """No dispatcher holds the account any more: its turn ended and gave the lease back."""
+    held = account(services, waba_id)
+    assert (held.dispatch_token, held.dispatch_leased_until) == (None, None)
+
+
 def sent_event_ids(requests: list[dict[str, Any]]) -> list[str]:
     """event_ids of every events request the fake saw (accepted or not), in order."""
     return [e["event_id"] for r in requests for e in (r["json"] or {}).get("data", [])]

@@ -12,7 +12,7 @@ from freezegun.api import FrozenDateTimeFactory
 from tests.conftest import WABA_ID
 from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one, one, setup_account
 from waconv.clock import from_unix, utcnow
-from waconv.conversions.dispatcher import SEND_MARGIN, Dispatcher
+from waconv.conversions.dispatcher import SEND_MARGIN, Dispatcher, DispatchStats
 from waconv.conversions.events import MAX_EVENT_AGE
 from waconv.graph.client import GraphClient
 from waconv.graph.fake import FakeGraph
@@ -114,10 +114,12 @@ def test_an_event_that_became_stale_while_pending_expires_unsent(
 def test_stale_events_in_a_lapsed_lease_expire(
     freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
 ) -> None:
-    """A dispatcher died holding events; by the time the lease ran out they were too old."""
+    """A dispatcher died holding the account; by the time its lease ran out the events were
+    too old."""
     enqueue_many(ready, 2, event_time=utcnow() - timedelta(days=6, hours=23, minutes=59))
     with ready.db.transaction() as session:
-        Dispatcher(ready)._claim(session, WABA_ID, 1000)
+        assert Dispatcher(ready)._take_lease(session, WABA_ID) is not None
+    assert Dispatcher(ready).run_once() == DispatchStats()  # not while the lease lasts
     freezer.tick(timedelta(minutes=2))
 
     assert Dispatcher(ready).run_once().expired == 2

@@ -10,7 +10,13 @@ import pytest
 from flask import Flask
 from freezegun.api import FrozenDateTimeFactory
 
-from tests.dispatch.helpers import conversions, enqueue_many, sent_event_ids, setup_account
+from tests.dispatch.helpers import (
+    assert_released,
+    conversions,
+    enqueue_many,
+    sent_event_ids,
+    setup_account,
+)
 from waconv.clock import utcnow
 from waconv.conversions.dispatcher import MAX_BACKOFF, Dispatcher, backoff
 from waconv.graph.client import GraphClient
@@ -85,13 +91,13 @@ def test_fault_backs_off_then_resends_the_same_event_ids(
         assert row.attempts == 1
         assert now + timedelta(seconds=BASE * 0.8) <= row.next_attempt_at
         assert row.next_attempt_at <= now + timedelta(seconds=BASE * 1.2)
-        assert row.lease_token is None and row.leased_until is None
         assert row.last_error is not None
         assert row.last_error.startswith("will retry: cannot send events")
         assert row.last_error_code == code
         assert row.last_error_message
         if code is not None:
             assert row.last_error_fbtrace_id
+    assert_released(services)
     # Not due yet: nothing goes.
     assert Dispatcher(services).run_once().requests == 0
 

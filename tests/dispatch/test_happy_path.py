@@ -11,6 +11,7 @@ from freezegun.api import FrozenDateTimeFactory
 from tests.conftest import ACCESS_TOKEN, DATASET_ID, WABA_ID
 from tests.dispatch.helpers import (
     PURCHASE,
+    assert_released,
     by_event_id,
     enqueue_many,
     enqueue_one,
@@ -44,8 +45,8 @@ def test_2500_events_leave_in_batches_of_at_most_1000_each_exactly_once(
         assert row.sent_at == sent_at
         assert row.dataset_id == DATASET_ID
         assert row.attempts == 1
-        assert row.lease_token is None and row.leased_until is None
         assert row.last_error is None
+    assert_released(ready)
     # Nothing left: a second run sends nothing.
     assert Dispatcher(ready).run_once().requests == 0
     assert len(fake_graph.events_requests()) == 3

@@ -1,6 +1,6 @@
-"""Leases: a dispatcher that dies mid-flight loses its events to another after 60 seconds, with
-the same event_ids; what it does late changes nothing; two dispatchers never send an event
-twice."""
+"""Leases: a dispatcher holds an account while it sends its events; one that dies mid-flight
+loses the account, and so its events, to another after 60 seconds, with the same event_ids;
+what it does late changes nothing; two dispatchers never send an event twice."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from typing import Any
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 from prometheus_client import REGISTRY
-from sqlalchemy import select
 
 from tests.conftest import WABA_ID
-from tests.dispatch.helpers import clid, conversions, enqueue_many, sent_event_ids, status_counts
+from tests.dispatch.helpers import (
+    account,
+    assert_released,
+    clid,
+    conversions,
+    enqueue_many,
+    sent_event_ids,
+    status_counts,
+)
 from waconv.accounts import registry
 from waconv.clock import utcnow
 from waconv.conversions.dispatcher import LEASE, Claimed, Dispatcher, DispatchStats
@@ -35,8 +42,11 @@ def sent_counter() -> float:
 
 
 def claim(services: Services, dispatcher: Dispatcher, limit: int = 1000) -> Claimed:
+    """What a dispatcher does before its first request: take the account, read a batch."""
     with services.db.transaction() as session:
-        return dispatcher._claim(session, WABA_ID, limit)
+        lease = dispatcher._take_lease(session, WABA_ID)
+    assert lease is not None
+    return dispatcher._claim(lease, limit)
 
 
 def credentials(services: Services) -> registry.Credentials:
@@ -59,7 +69,8 @@ def test_claimed_events_of_a_dead_dispatcher_go_again_after_the_lease(
     dead = Dispatcher(ready)
     claimed = claim(ready, dead)  # ... and then the process was killed
 
-    assert {r.status for r in conversions(ready)} == {Conversion.SENDING}
+    assert {r.status for r in conversions(ready)} == {Conversion.PENDING}  # only read
+    assert account(ready).dispatch_token == claimed.lease.token
     freezer.tick(LEASE - timedelta(seconds=1))
     assert Dispatcher(ready).run_once().requests == 0  # still leased: nobody touches them
     freezer.tick(timedelta(seconds=2))  # 61 s after the claim
@@ -70,7 +81,8 @@ def test_claimed_events_of_a_dead_dispatcher_go_again_after_the_lease(
     assert sent_event_ids(fake_graph.events_requests()) == ids
     after = {r.event_id: r for r in conversions(ready)}
     for row in after.values():
-        assert (row.status, row.attempts, row.lease_token) == (Conversion.SENT, 2, None)
+        assert (row.status, row.attempts) == (Conversion.SENT, 1)
+    assert_released(ready)
 
     # The dead dispatcher comes back and finishes its work late: nothing changes.
     counted = sent_counter()
@@ -125,13 +137,13 @@ def test_a_dispatcher_stuck_in_a_request_loses_its_events_to_another(
     # The stuck dispatcher's failure came after the takeover: it changed and counted nothing.
     assert results[0].retried == 0
     for row in conversions(ready):
-        assert (row.status, row.attempts, row.last_error) == (Conversion.SENT, 2, None)
+        assert (row.status, row.attempts, row.last_error) == (Conversion.SENT, 1, None)
     assert set(fake_graph.accepted_event_ids().values()) == {1}
 
 
 class TakenOverMidSplit(GraphClient):
     """The first request is slow: meanwhile the lease runs out and another dispatcher takes the
-    events over and sends them."""
+    account over and sends its events."""
 
     def __init__(self, fake: FakeGraph, freezer: FrozenDateTimeFactory, other: Dispatcher) -> None:
         super().__init__(fake.url, "v26.0", timeout=5)
@@ -177,16 +189,8 @@ def test_the_lease_is_extended_during_a_long_split(
 
     class Slow(GraphClient):
         def send_events(self, *args: Any, **kwargs: Any) -> Any:
-            with ready.db.transaction() as session:
-                leases = list(
-                    session.scalars(
-                        select(Conversion.leased_until).where(
-                            Conversion.status == Conversion.SENDING
-                        )
-                    )
-                )
-            now = utcnow()
-            assert leases and all(until > now + timedelta(seconds=5) for until in leases)
+            until = account(ready).dispatch_leased_until
+            assert until is not None and until > utcnow() + timedelta(seconds=5)
             assert other.run_once().requests == 0  # nothing for another dispatcher
             try:
                 return super().send_events(*args, **kwargs)

@@ -478,8 +478,6 @@ def retry_conversion(session: Session, conversion_id: int) -> Conversion:
         )
     conversion.status = Conversion.PENDING
     conversion.next_attempt_at = now
-    conversion.leased_until = None
-    conversion.lease_token = None
     session.flush()
     return conversion
 

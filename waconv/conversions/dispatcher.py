@@ -1,12 +1,21 @@
-"""The dispatcher: drains the outbox to each account's dataset, in batches, with leases.
+"""The dispatcher: drains the outbox to each account's dataset, in batches.
 
-One step, per account with due events:
+One dispatcher at a time sends an account's events: it holds the account's lease
+(``accounts.dispatch_token`` until ``dispatch_leased_until``), taken at the start of the
+account's turn, extended before any request the lease would not outlast, and given back at
+the end of the turn. Its events need no lease of their own, so a batch costs the database one
+read and one write:
 
-1. claim (short transaction): up to ``MAX_BATCH`` due events, ``FOR UPDATE SKIP LOCKED`` on
-   PostgreSQL (``BEGIN IMMEDIATE`` serializes claims on SQLite), leased with ``leased_until``
-   and a ``lease_token``; ``attempts`` counts up;
+1. claim: read up to ``MAX_BATCH`` due events, oldest due first (within a turn, after the
+   previous claim's last: those are in flight or recorded);
 2. send, with no transaction open;
-3. record (short transaction), only on rows that still carry our lease token.
+3. record the outcome (short transaction) on the rows still ``pending``; ``attempts`` counts
+   the attempts whose outcome Meta gave.
+
+Several dispatchers share the accounts; a dispatcher that dies loses its accounts when their
+lease lapses (``WACONV_LEASE_SECONDS``), and their events, still ``pending``, go again under the
+same event_ids. (One lease per event, the 0.2 design, made every batch two writes of 1,000 rows
+instead of one: bench/PROFILE.md.)
 
 An account with more due events than one batch gets its batches back to back, pipelined: while
 batch k is on the wire (a sender thread; the GIL is free while it waits for Meta), this thread
@@ -23,9 +32,9 @@ every 5 minutes one event probes whether Meta accepts the account again. Events 
 with no usable token or dataset are held with a ``last_error`` naming the command to run.
 
 No event older than Meta's limit is ever sent: claims skip them, every request of a split drops
-the ones that aged meanwhile, and a periodic sweep marks them ``expired``. A dispatcher whose
-lease ran out (stalled in a long split) sends nothing more of that claim: another dispatcher
-owns those events now.
+the ones that aged meanwhile, and a periodic sweep marks them ``expired`` (in accounts no other
+dispatcher holds). A dispatcher whose lease ran out (stalled in a long split) sends nothing
+more of that account: another dispatcher owns its events now.
 """
 
 from __future__ import annotations
@@ -48,7 +57,6 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    cast,
     exists,
     func,
     or_,
@@ -63,6 +71,7 @@ from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
 from waconv.clock import utcnow
 from waconv.config import ConfigError
 from waconv.conversions.events import MAX_EVENT_AGE, build_meta_event
+from waconv.db import from_driver_time, time_binder
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition, GraphError, classify, operator_message
 from waconv.metrics import CONVERSION_EVENTS, GRAPH_REQUESTS
@@ -146,57 +155,127 @@ class Row(NamedTuple):
     event_name: str
     event_time: datetime
     ctwa_clid: str
-    custom_data: dict[str, Any] | None
+    # As stored, JSON text wrapped for orjson to embed verbatim: decoding it only for the
+    # request to encode it again cost more than the rest of the event.
+    custom_data: orjson.Fragment | None
     extra: dict[str, Any] | None
-    attempts: int
+    attempts: int  # before this attempt
+    # next_attempt_at as the driver returned it: where the turn's next claim starts.
+    due: Any
+
+
+@dataclass
+class AccountLease:
+    """A dispatcher's hold on one account: while it lasts, nobody else sends its events."""
+
+    waba_id: str
+    token: str
+    until: datetime
+    lost: bool = False  # another dispatcher took the account after the lease ran out
 
 
 @dataclass
 class Claimed:
-    """One claim: its lease, its rows (by id) and their Meta events."""
+    """One claim: the account lease it was read under, its rows and their Meta events."""
 
-    token: str
-    leased_until: datetime
+    lease: AccountLease
     rows: list[Row]
     events: dict[int, dict[str, Any]] = field(default_factory=dict)
-    # After a lease extension: the ids still leased to us (None: all of them, never extended).
-    owned: set[int] | None = None
 
     @property
     def ids(self) -> list[int]:
         return [r.id for r in self.rows]
 
+    @property
+    def last(self) -> tuple[Any, int] | None:
+        """Where the next claim of the turn starts (rows come in ``next_attempt_at, id``
+        order)."""
+        if not self.rows:
+            return None
+        return self.rows[-1].due, self.rows[-1].id
 
-_CLAIM_COLUMNS = (  # in the order of Row's fields
-    Conversion.id,
-    Conversion.event_id,
-    Conversion.event_name,
-    Conversion.event_time,
-    Conversion.ctwa_clid,
-    # As text, decoded in _claim_rows: SQLAlchemy's JSON result processing (and psycopg's
-    # jsonb loader) cost more per row than the decoding itself.
-    cast(Conversion.custom_data, Text),
-    cast(Conversion.extra, Text),
-    Conversion.attempts,
+
+# The claim's SELECT, given to the driver as written: it runs for every 1,000 events, and
+# SQLAlchemy's result types (datetimes parsed from SQLite's text, JSON) cost 10 of its 15 ms
+# CPU per 1,000 rows on SQLite; the query itself takes 1.5 ms. Rows come in the order of the
+# partial index ix_conversions_account_due; within a turn, each claim starts after the
+# previous one's last row (``Claimed.last``).
+_CLAIM_SQL = (
+    "SELECT id, event_id, event_name, event_time, ctwa_clid, CAST(custom_data AS TEXT),"
+    " CAST(extra AS TEXT), attempts, next_attempt_at FROM conversions"
+    " WHERE waba_id = {waba_id} AND status = 'pending' AND next_attempt_at <= {now}"
+    " AND event_time >= {oldest}{after} ORDER BY next_attempt_at, id LIMIT {limit}"
 )
+_CLAIM_AFTER = " AND (next_attempt_at, id) > ({after_due}, {after_id})"
+_PARAMETERS = ("waba_id", "now", "oldest", "limit", "after_due", "after_id")
+_CLAIM_STATEMENTS = {
+    (dialect, after): _CLAIM_SQL.format(
+        after=_CLAIM_AFTER.format(**marks) if after else "", **marks
+    )
+    for dialect, marks in (
+        ("sqlite", {name: f":{name}" for name in _PARAMETERS}),
+        ("postgresql", {name: f"%({name})s" for name in _PARAMETERS}),
+    )
+    for after in (False, True)
+}
+
+
+# "Still pending" where a batch's outcome is recorded, written so that PostgreSQL's planner
+# cannot answer it from the partial due indexes: before a new table's first ANALYZE it did,
+# testing every pending event against the batch's 1,000 ids (108 ms a batch instead of 14).
+_SETTLED = tuple(status for status in Conversion.STATUSES if status != Conversion.PENDING)
+UNSETTLED = Conversion.status.not_in(_SETTLED)
+
+# What _finalize does for the sent outcome (see _record_sent), by dialect.
+_SENT_SQL = (
+    "UPDATE conversions SET status = 'sent', attempts = attempts + 1, sent_at = {now},"
+    " updated_at = {now}, dataset_id = {dataset_id}, last_error = NULL"
+    " WHERE id {ids} AND status NOT IN ('sent', 'failed', 'expired')"  # UNSETTLED
+)
+_SENT_STATEMENTS = {
+    "sqlite": _SENT_SQL.format(
+        now=":now", dataset_id=":dataset_id", ids="IN (SELECT value FROM json_each(:ids))"
+    ),
+    "postgresql": _SENT_SQL.format(
+        now="%(now)s", dataset_id="%(dataset_id)s", ids="= ANY(%(ids)s)"
+    ),
+}
 
 
 def _json_or_none(text: str | None) -> Any:
     return None if text is None or text == "null" else orjson.loads(text)
 
 
-def _claim_rows(result: Any) -> list[Row]:
+def _fragment_or_none(text: str | None) -> orjson.Fragment | None:
+    return None if text is None or text in ("null", "{}") else orjson.Fragment(text)
+
+
+def _claim_rows(result: list[tuple[Any, ...]]) -> list[Row]:
     return [
-        Row(i, eid, name, when, clid, _json_or_none(custom), _json_or_none(extra), attempts)
-        for i, eid, name, when, clid, custom, extra, attempts in result.all()
+        Row(
+            i,
+            eid,
+            name,
+            from_driver_time(when),
+            clid,
+            _fragment_or_none(custom),
+            _json_or_none(extra),
+            tries,
+            due,
+        )
+        for i, eid, name, when, clid, custom, extra, tries, due in result
     ]
 
 
 def _due(now: datetime) -> Any:
-    return or_(
-        and_(Conversion.status == Conversion.PENDING, Conversion.next_attempt_at <= now),
-        and_(Conversion.status == Conversion.SENDING, Conversion.leased_until < now),
-    )
+    # ``status = 'pending'``, as the partial due indexes say it: SQLite's planner uses them
+    # only for a query that repeats their condition (an IN list would not do).
+    return and_(Conversion.status == Conversion.PENDING, Conversion.next_attempt_at <= now)
+
+
+def _lease_free(now: datetime) -> Any:
+    """Accounts no dispatcher holds now."""
+    return or_(Account.dispatch_token.is_(None), Account.dispatch_leased_until < now)
 
 
 def _id_in(ids: Sequence[int], dialect: str) -> Any:
@@ -204,7 +283,8 @@ def _id_in(ids: Sequence[int], dialect: str) -> Any:
     which PostgreSQL parses and plans noticeably faster."""
     if dialect == "postgresql":
         return Conversion.id == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
-    return Conversion.id.in_(ids)
+    listed = func.json_each(bindparam(None, orjson.dumps(list(ids)).decode(), type_=Text))
+    return Conversion.id.in_(select(listed.table_valued("value").c.value))
 
 
 def _rowcount(result: Any) -> int:
@@ -288,14 +368,19 @@ class Dispatcher:
 
     def _expire_stale(self) -> int:
         now = utcnow()
+        # Not in accounts another dispatcher holds: an event of its batch in flight may be
+        # just this side of the limit (its own sweep and claims deal with them).
+        held = select(Account.waba_id).where(~_lease_free(now))
         with self.db.transaction() as session:
             result = session.execute(
                 update(Conversion)
-                .where(_due(now), Conversion.event_time < send_limit(now))
+                .where(
+                    _due(now),
+                    Conversion.event_time < send_limit(now),
+                    Conversion.waba_id.not_in(held),
+                )
                 .values(
                     status=Conversion.EXPIRED,
-                    leased_until=None,
-                    lease_token=None,
                     last_error=(
                         "expired: not delivered before Meta's 7-day limit on event_time "
                         "(see the previous error in the logs and metrics)"
@@ -312,33 +397,66 @@ class Dispatcher:
     def _accounts_with_due_events(self) -> list[str]:
         # EXISTS per account: an index probe each, not a scan of every due event.
         now = utcnow()
-        mine = Conversion.waba_id == Account.waba_id
-        pending = exists().where(
-            mine, Conversion.status == Conversion.PENDING, Conversion.next_attempt_at <= now
-        )
-        lapsed = exists().where(
-            mine, Conversion.status == Conversion.SENDING, Conversion.leased_until < now
-        )
+        pending = exists().where(Conversion.waba_id == Account.waba_id, _due(now))
         with self.db.transaction() as session:
             return list(
                 session.scalars(
                     select(Account.waba_id)
                     .where(
                         or_(Account.status == Account.ACTIVE, Account.probe_at <= now),
-                        or_(pending, lapsed),
+                        _lease_free(now),
+                        pending,
                     )
                     .order_by(Account.waba_id)
                 )
             )
 
     def _dispatch_account(self, waba_id: str) -> DispatchStats:
+        """The account's turn, under its lease (nothing, if another dispatcher holds it)."""
         stats = DispatchStats()
+        with self.db.transaction() as session:
+            lease = self._take_lease(session, waba_id)
+        if lease is None:
+            return stats
+        try:
+            self._account_turn(lease, stats)
+        finally:
+            self._give_back(lease)
+        return stats
+
+    def _take_lease(self, session: Session, waba_id: str) -> AccountLease | None:
+        now = utcnow()
+        token = secrets.token_hex(8)
+        until = now + self.lease
+        result = session.execute(
+            update(Account)
+            .where(Account.waba_id == waba_id, _lease_free(now))
+            .values(dispatch_token=token, dispatch_leased_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        return AccountLease(waba_id, token, until) if _rowcount(result) else None
+
+    def _give_back(self, lease: AccountLease) -> None:
+        """End of the turn: the account is free for any dispatcher (best effort: if this
+        fails, the lease lapses)."""
+        try:
+            with self.db.transaction() as session:
+                session.execute(
+                    update(Account)
+                    .where(Account.waba_id == lease.waba_id, Account.dispatch_token == lease.token)
+                    .values(dispatch_token=None, dispatch_leased_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception:
+            log.exception("dispatcher.lease_release_failed waba_id=%s", lease.waba_id)
+
+    def _account_turn(self, lease: AccountLease, stats: DispatchStats) -> None:
+        waba_id = lease.waba_id
         provision = False
-        claimed: Claimed | None = None
         with self.db.transaction() as session:
             account = registry.get_account(session, waba_id)
             if account is None:
-                return stats
+                return
             creds, problem = self._credentials(account)
             probing = account.status == Account.PAUSED
             if creds is not None and creds.dataset_id is None:
@@ -351,31 +469,29 @@ class Dispatcher:
                     problem = self._no_dataset(waba_id)
             if problem is not None:
                 stats.held = self._hold(session, waba_id, problem)
-                return stats
-            if not provision:
-                claimed = self._claim(session, waba_id, 1 if probing else self.batch_size)
+                return
         assert creds is not None
         if provision:
             # The Graph call happens with no transaction open (SQLite would hold its write lock).
             creds = self._provision(creds)
-            with self.db.transaction() as session:
-                if creds.dataset_id is None:
+            if creds.dataset_id is None:
+                with self.db.transaction() as session:
                     stats.held = self._hold(session, waba_id, self._no_dataset(waba_id))
-                    return stats
-                claimed = self._claim(session, waba_id, 1 if probing else self.batch_size)
-        assert claimed is not None
+                return
+        claimed = self._claim(lease, 1 if probing else self.batch_size)
         if not claimed.rows:
-            return stats
+            return
         rows = self._build_events(creds, claimed, stats)
         if probing or len(claimed.rows) < self.batch_size:  # nothing more to pipeline
             if rows:
                 self._deliver(creds, claimed, rows, stats, probing=probing)
-            return stats
+            return
         self._pipeline(creds, claimed, rows, stats)
-        return stats
 
-    def _more_batches(self, turn_ends: float) -> bool:
+    def _more_batches(self, lease: AccountLease, turn_ends: float) -> bool:
         """Whether this account's turn may claim another batch."""
+        if lease.lost:
+            return False
         now = time.monotonic()
         if now >= turn_ends or (self._deadline is not None and now > self._deadline):
             return False
@@ -386,23 +502,26 @@ class Dispatcher:
     ) -> None:
         """Send the account's batches back to back, starting with ``claimed`` (built).
 
-        Per turn of the loop: wait for batch k's answer; deal with a failure before anything
-        else goes out (a split sends from this thread, nothing else being in flight); put batch
-        k+1 on the wire; then, while it is there, record batch k as sent and claim and build
-        batch k+2. On PostgreSQL the sender thread records its batch itself, as soon as Meta
-        took it, in a transaction of its own beside this thread's claim (SQLite has one writer
-        at a time: there the claim would only make it wait). A request is only ever waited
-        for, never abandoned: if this thread fails, the request in flight is awaited and
-        recorded before the exception leaves. A claimed batch that never went out is released
-        when the account pauses, else its lease lapses.
+        Three threads, each on its own part of a batch: the sender posts batch k+1 while the
+        recorder marks batch k sent (its one write) and this thread claims and builds batch
+        k+2 (a read: on SQLite it needs no write lock, on PostgreSQL nothing waits for it).
+        This thread waits for each answer and deals with a failure before anything else goes
+        out (a split sends from this thread, nothing else being in flight). A request is only
+        ever waited for, never abandoned: if this thread fails, the request in flight is
+        awaited and recorded before the exception leaves. A claimed batch that never went out
+        stays pending: it was only read.
         """
         turn_ends = time.monotonic() + ACCOUNT_TURN_SECONDS
-        waba_id = creds.waba_id
+        lease = claimed.lease
+        after = claimed.last
         queued: tuple[Claimed, list[Row]] | None = (claimed, rows)  # claimed, built, unsent
-        flying: tuple[Claimed, list[Row], Future[int | None]] | None = None
-        record_in_sender = self.db.dialect != "sqlite"
+        flying: tuple[Claimed, list[Row], Future[None]] | None = None
+        recording: Future[int] | None = None  # the last batch Meta took, being marked sent
         more = True  # the last claim was full: more may be due
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-send") as sender:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-send") as sender,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-record") as recorder,
+        ):
             try:
                 while queued is not None or flying is not None:
                     answered: tuple[Claimed, list[Row]] | None = None
@@ -410,80 +529,73 @@ class Dispatcher:
                         sent_claim, sent_rows, future = flying
                         flying = None
                         try:
-                            recorded = future.result()
+                            future.result()
                         except GraphError as err:
                             if not self._rejected(creds, sent_claim, sent_rows, err, stats):
-                                if queued is not None:  # the account paused: give them back
+                                if queued is not None:  # the account paused: they wait too
                                     self._record_account_problem(queued[0], err, creds, stats)
                                     queued = None
                                 return
                         else:
-                            if recorded is None:
-                                answered = (sent_claim, sent_rows)
-                            else:
-                                stats.sent += recorded
+                            answered = (sent_claim, sent_rows)
                     if queued is not None:
                         next_claim, next_rows = queued
                         queued = None
                         next_rows = self._sendable(next_claim, next_rows, stats)
                         if next_rows:
                             stats.requests += 1
-                            future = sender.submit(
-                                self._post_and_record,
-                                creds,
-                                next_claim,
-                                next_rows,
-                                record=record_in_sender,
-                            )
+                            future = sender.submit(self._post, creds, next_claim, next_rows)
                             flying = (next_claim, next_rows, future)
                     if answered is not None:
-                        self._accepted(creds, answered[0], answered[1], stats)
-                    if more and self._more_batches(turn_ends):
-                        with self.db.transaction() as session:
-                            fresh = self._claim(session, waba_id, self.batch_size)
+                        # The new record is queued before the last one's outcome is read: if
+                        # that one failed, this one is still made (in ``finally``).
+                        previous = recording
+                        recording = recorder.submit(self._record_accepted, *answered, creds)
+                        if previous is not None:
+                            stats.sent += previous.result()
+                    if more and self._more_batches(lease, turn_ends):
+                        fresh = self._claim(lease, self.batch_size, after=after)
                         more = len(fresh.rows) == self.batch_size
                         if fresh.rows:
+                            after = fresh.last
                             queued = (fresh, self._build_events(creds, fresh, stats))
                     else:
                         more = False
             finally:
-                # Only after an exception is anything left here.
-                if flying is not None:  # a request was out: record what Meta did with it
+                # Only after an exception is a request left here: record what Meta did with it.
+                if flying is not None:
                     self._settle_after_failure(creds, *flying, stats)
-                if queued is not None:  # claimed, never sent: due again now, not in a minute
-                    self._release_unsent(queued[0])
+                if recording is not None:
+                    stats.sent += self._recorded(recording)
 
-    def _release_unsent(self, claimed: Claimed) -> None:
-        """Give back a claim that never went out, its attempt not counted (best effort: the
-        pipeline is failing already; if this fails too, the lease lapses)."""
+    def _recorded(self, recording: Future[int]) -> int:
+        """How many events the recorder marked sent (0, logged, if that failed: they stay
+        pending and go again, under the same event_ids)."""
         try:
-            back = {"status": Conversion.PENDING, "attempts": Conversion.attempts - 1}
-            self._finalize(claimed, claimed.rows, back, outcome=None)
+            return recording.result()
         except Exception:
-            log.exception("conversion.release_failed count=%s", len(claimed.rows))
+            log.exception("conversion.record_failed; accepted by Meta but still pending")
+            return 0
 
     def _settle_after_failure(
         self,
         creds: Credentials,
         claimed: Claimed,
         rows: list[Row],
-        future: Future[int | None],
+        future: Future[None],
         stats: DispatchStats,
     ) -> None:
         """Record what the request in flight did, when the pipeline failed meanwhile: events
-        Meta took must not stay leased (they would go out again when the lease lapses)."""
+        Meta took must not stay pending (they would go out again)."""
         try:
-            recorded = future.result()
-        except Exception:  # not taken (or not recorded): due again when the lease lapses
+            future.result()
+        except Exception:  # not taken: they are still pending and go again
             log.exception("conversion.deliver.abandoned count=%s", len(rows))
-            return
-        if recorded is not None:
-            stats.sent += recorded
             return
         try:
             self._accepted(creds, claimed, rows, stats)
         except Exception:
-            log.exception("conversion.record_failed count=%s; sent but still leased", len(rows))
+            log.exception("conversion.record_failed count=%s; sent but still pending", len(rows))
 
     def _credentials(self, account: Account) -> tuple[Credentials | None, str | None]:
         """The account's credentials, or why its events must wait."""
@@ -538,13 +650,7 @@ class Dispatcher:
         result = session.execute(
             update(Conversion)
             .where(Conversion.waba_id == waba_id, _due(now))
-            .values(
-                status=Conversion.PENDING,
-                next_attempt_at=now + HOLD_DELAY,
-                leased_until=None,
-                lease_token=None,
-                last_error=reason,
-            )
+            .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
             .execution_options(synchronize_session=False)
         )
         held = _rowcount(result)
@@ -553,61 +659,32 @@ class Dispatcher:
             log.warning("conversion.held waba_id=%s count=%s reason=%s", waba_id, held, reason)
         return held
 
-    def _claim(self, session: Session, waba_id: str, limit: int) -> Claimed:
-        """Lease up to ``limit`` due events of the account: lapsed leases first, then pending
-        ones by due time. Events too old to send are left to the expiry sweep."""
+    def _claim(
+        self,
+        lease: AccountLease,
+        limit: int,
+        *,
+        after: tuple[Any, int] | None = None,
+    ) -> Claimed:
+        """Read up to ``limit`` due events of the leased account, oldest due first, after
+        ``after`` (the previous claim of this turn: its events are in flight). Events too old
+        to send are left to the expiry sweep. A read, not a write: the account's lease keeps
+        other dispatchers away from these events."""
         now = utcnow()
-        token = secrets.token_hex(8)
-        leased_until = now + self.lease
-        fresh = Conversion.event_time >= send_limit(now)
-        lapsed = select(Conversion.id).where(
-            Conversion.waba_id == waba_id,
-            Conversion.status == Conversion.SENDING,
-            Conversion.leased_until < now,
-            fresh,
-        )
-        pending = select(Conversion.id).where(
-            Conversion.waba_id == waba_id,
-            Conversion.status == Conversion.PENDING,
-            Conversion.next_attempt_at <= now,
-            fresh,
-        )
-        rows: list[Row] = []
-        # One UPDATE ... WHERE id IN (SELECT ... LIMIT n [FOR UPDATE SKIP LOCKED]) RETURNING
-        # per kind: a single round trip, no list of 1,000 ids. Lapsed leases are few (a
-        # dispatcher died), so their query is cheap; pending ones come oldest-due first.
-        for candidates in (lapsed, pending.order_by(Conversion.next_attempt_at)):
-            wanted = limit - len(rows)
-            if wanted <= 0:
-                break
-            subquery = candidates.limit(wanted)
-            if self.db.dialect == "postgresql":
-                # = ANY(ARRAY(...)): an InitPlan and primary-key lookups. With IN (...) the
-                # planner may hash-join the subquery against a scan of the whole table.
-                locked = subquery.with_for_update(skip_locked=True).scalar_subquery()
-                chosen = Conversion.id == any_(func.array(locked))
-            else:  # BEGIN IMMEDIATE (waconv.db) already serializes claims on SQLite
-                chosen = Conversion.id.in_(subquery.scalar_subquery())
-            # Core, not the ORM: the ORM's bulk-update RETURNING path cost more per row than
-            # the database's work (measured: 17 of 32 ms CPU per 1,000 rows on SQLite).
-            rows.extend(
-                _claim_rows(
-                    session.connection().execute(
-                        update(Conversion)
-                        .where(chosen)
-                        .values(
-                            status=Conversion.SENDING,
-                            leased_until=leased_until,
-                            lease_token=token,
-                            attempts=Conversion.attempts + 1,
-                        )
-                        .returning(*_CLAIM_COLUMNS)
-                        .execution_options(synchronize_session=False)
-                    )
-                )
-            )
-        rows.sort(key=lambda r: r.id)
-        return Claimed(token, leased_until, rows)
+        bind = time_binder(self.db.engine.dialect)
+        parameters: dict[str, Any] = {
+            "waba_id": lease.waba_id,
+            "now": bind(now),
+            "oldest": bind(send_limit(now)),
+            "limit": limit,
+        }
+        if after is not None:
+            parameters["after_due"], parameters["after_id"] = after
+        statement = _CLAIM_STATEMENTS[self.db.dialect, after is not None]
+        with self.db.autocommit_cursor(write=False) as cursor:
+            cursor.execute(statement, parameters)
+            rows = _claim_rows(cursor.fetchall())
+        return Claimed(lease, rows)
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -694,14 +771,6 @@ class Dispatcher:
             test_event_code=self.settings.test_event_code or None,
         )
 
-    def _post_and_record(
-        self, creds: Credentials, claimed: Claimed, rows: Sequence[Row], *, record: bool
-    ) -> int | None:
-        """The pipeline's sender: the request, then, with ``record``, the rows marked sent in a
-        transaction of its own; how many were (None: not recorded here)."""
-        self._post(creds, claimed, rows)
-        return self._record_accepted(claimed, rows, creds) if record else None
-
     def _record_accepted(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
         """Meta took ``rows``: count the request and mark them sent; how many were."""
         GRAPH_REQUESTS.labels(endpoint="events", outcome="ok").inc()
@@ -759,56 +828,51 @@ class Dispatcher:
         return True
 
     def _keep_lease(self, claimed: Claimed, rows: Sequence[Row]) -> list[Row]:
-        """The ``rows`` still ours, with a lease that outlasts the coming request.
+        """The ``rows``, if the account's lease outlasts the coming request; none if another
+        dispatcher took the account.
 
-        While the lease has time left nobody else can have taken the events. Otherwise it is
-        extended first, and events another dispatcher claimed after it ran out are dropped
-        (now and for the rest of the claim): sending them again would make Meta count them
-        twice.
+        While the lease has time left nobody else can have taken the account. Otherwise it is
+        extended first; if another dispatcher took the account after the lease ran out, this
+        one sends nothing more of it (now and for the rest of the turn): sending the events
+        again would make Meta count them twice.
         """
+        lease = claimed.lease
+        if lease.lost:
+            return []
         now = utcnow()
         needed = timedelta(seconds=self.settings.graph_timeout_seconds) + LEASE_SLACK
-        if claimed.leased_until - now < needed:
-            leased_until = now + max(self.lease, needed)
+        if lease.until - now < needed:
+            until = now + max(self.lease, needed)
             with self.db.transaction() as session:
-                # The whole claim (later halves of a split too) gets the longer lease.
-                claimed.owned = set(
-                    session.scalars(
-                        update(Conversion)
-                        .where(
-                            _id_in(claimed.ids, self.db.dialect),
-                            Conversion.lease_token == claimed.token,
-                        )
-                        .values(leased_until=leased_until)
-                        .returning(Conversion.id)
-                        .execution_options(synchronize_session=False)
-                    )
+                kept = session.execute(
+                    update(Account)
+                    .where(Account.waba_id == lease.waba_id, Account.dispatch_token == lease.token)
+                    .values(dispatch_leased_until=until)
+                    .execution_options(synchronize_session=False)
                 )
-            claimed.leased_until = leased_until
-        if claimed.owned is None:
-            return list(rows)
-        kept = [r for r in rows if r.id in claimed.owned]
-        if len(kept) < len(rows):
-            log.warning(
-                "conversion.lease_lost count=%s; another dispatcher took them over",
-                len(rows) - len(kept),
-            )
-        return kept
+            if not _rowcount(kept):
+                lease.lost = True
+                log.warning(
+                    "dispatcher.lease_lost waba_id=%s unsent=%s; another dispatcher took the "
+                    "account over",
+                    lease.waba_id,
+                    len(rows),
+                )
+                return []
+            lease.until = until
+        return list(rows)
 
     def _finalize(
         self, claimed: Claimed, rows: Sequence[Row], values: dict[str, Any], outcome: str | None
     ) -> int:
-        """Set ``values`` on the rows still leased to us, and end their lease; how many that
-        was, counted under ``outcome`` (a late finalize of a lost lease changes, and counts,
-        nothing)."""
+        """Set ``values`` on the ``rows`` still pending; how many that was, counted under
+        ``outcome`` (an outcome another dispatcher recorded first stands, and is not counted
+        again)."""
         with self.db.transaction() as session:
             result = session.execute(
                 update(Conversion)
-                .where(
-                    _id_in([r.id for r in rows], self.db.dialect),
-                    Conversion.lease_token == claimed.token,
-                )
-                .values(leased_until=None, lease_token=None, **values)
+                .where(_id_in([r.id for r in rows], self.db.dialect), UNSETTLED)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
         count = _rowcount(result)
@@ -817,13 +881,20 @@ class Dispatcher:
         return count
 
     def _record_sent(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
-        values = {
-            "status": Conversion.SENT,
-            "sent_at": utcnow(),
+        """``_finalize`` with the sent outcome, in the driver's SQL: the one write of every
+        1,000 events."""
+        ids = [r.id for r in rows]
+        sqlite = self.db.dialect == "sqlite"
+        parameters = {
+            "now": time_binder(self.db.engine.dialect)(utcnow()),
             "dataset_id": creds.dataset_id,
-            "last_error": None,
+            "ids": orjson.dumps(ids).decode() if sqlite else ids,
         }
-        count = self._finalize(claimed, rows, values, "sent")
+        with self.db.autocommit_cursor() as cursor:
+            cursor.execute(_SENT_STATEMENTS[self.db.dialect], parameters)
+            count = max(int(cursor.rowcount), 0)
+        if count:
+            CONVERSION_EVENTS.labels(outcome="sent").inc(count)
         log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
         return count
 
@@ -869,7 +940,11 @@ class Dispatcher:
         creds: Credentials,
     ) -> int:
         sentence = operator_message(err, waba_id=creds.waba_id)
-        values = {"status": Conversion.FAILED, **self._error_values(err, sentence)}
+        values = {
+            "status": Conversion.FAILED,
+            "attempts": Conversion.attempts + 1,
+            **self._error_values(err, sentence),
+        }
         count = self._finalize(claimed, rows, values, "failed")
         if count:
             log.error(
@@ -894,7 +969,7 @@ class Dispatcher:
         # Rows of one batch share their attempt count in practice: one update per count.
         by_attempts: dict[int, list[Row]] = {}
         for r in rows:
-            by_attempts.setdefault(r.attempts, []).append(r)
+            by_attempts.setdefault(r.attempts + 1, []).append(r)  # this one included
         for attempts, group in by_attempts.items():
             next_at = now + backoff(attempts, base)
             # The next try must still be in time: next_at + margin < event_time + 7 days.
@@ -903,7 +978,7 @@ class Dispatcher:
             late = [r for r in group if r.event_time < last_chance]
             if keep:
                 values = {
-                    "status": Conversion.PENDING,
+                    "attempts": Conversion.attempts + 1,
                     "next_attempt_at": next_at,
                     **self._error_values(err, f"will retry: {sentence}"),
                 }
@@ -913,7 +988,11 @@ class Dispatcher:
                     "expired: Meta's 7-day limit on event_time would pass before the next "
                     f"attempt; last error: {sentence}"
                 )
-                values = {"status": Conversion.EXPIRED, **self._error_values(err, reason)}
+                values = {
+                    "status": Conversion.EXPIRED,
+                    "attempts": Conversion.attempts + 1,
+                    **self._error_values(err, reason),
+                }
                 expired += self._finalize(claimed, late, values, "expired")
         log.warning(
             "conversion.deliver.retry count=%s expired=%s reason=%s", retried, expired, sentence
@@ -927,8 +1006,8 @@ class Dispatcher:
         creds: Credentials,
         stats: DispatchStats,
     ) -> None:
-        """Pause the account; every event of the claim still leased to us goes back to waiting,
-        its attempt not counted (the events were never at fault)."""
+        """Pause the account; the claim's events wait, their attempt not counted (the events
+        were never at fault)."""
         sentence = operator_message(err, waba_id=creds.waba_id)
         with self.db.transaction() as session:
             account = registry.get_account(session, creds.waba_id)
@@ -937,15 +1016,9 @@ class Dispatcher:
                 stats.paused_accounts.append(creds.waba_id)
             released = session.execute(
                 update(Conversion)
-                .where(
-                    _id_in(claimed.ids, self.db.dialect), Conversion.lease_token == claimed.token
-                )
+                .where(_id_in(claimed.ids, self.db.dialect), UNSETTLED)
                 .values(
-                    status=Conversion.PENDING,
-                    attempts=Conversion.attempts - 1,
                     next_attempt_at=utcnow(),
-                    leased_until=None,
-                    lease_token=None,
                     **self._error_values(err, f"held: account paused: {sentence}"),
                 )
                 .execution_options(synchronize_session=False)

@@ -24,6 +24,8 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from waconv.clock import to_unix
 
 # Meta's list for action_source=business_messaging (meta-api.md §3.4); any other name, `Lead`
@@ -500,7 +502,7 @@ def build_meta_event(
     event_id: str,
     waba_id: str,
     ctwa_clid: str,
-    custom_data: dict[str, Any] | None,
+    custom_data: dict[str, Any] | orjson.Fragment | None,
     extra: dict[str, Any] | None = None,
     ldu: bool = False,
     ldu_country: int = 0,
@@ -511,8 +513,10 @@ def build_meta_event(
     Takes validated input and builds a plain dict (dispatcher hot path: no validation, no
     copies; ``custom_data`` and ``extra`` values are referenced, not copied). ``user_data`` is
     never hashed: Meta matches the click id and WABA id as plain strings. ``custom_data`` is
-    left out when ``None`` or empty. ``extra`` adds keys such as ``messaging_outcome_data`` or
-    ``opt_out`` and may not override a key this function sets (ValueError).
+    left out when ``None`` or empty; an ``orjson.Fragment`` (the stored JSON text, from the
+    dispatcher) goes into the request as it is. ``extra`` adds keys such as
+    ``messaging_outcome_data`` or ``opt_out`` and may not override a key this function sets
+    (ValueError).
     LDU (meta-api.md §3.7): with ``ldu`` the event carries ``data_processing_options: ["LDU"]``
     and both country and state, since WhatsApp events have no IP for Meta to geolocate;
     without it, no LDU key at all.
