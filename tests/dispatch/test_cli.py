@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -81,6 +82,26 @@ def test_dispatch_once_sends_and_exits_0(
     assert result.exit_code == 0, result.output
     assert "sent 3, retrying 0, failed 0, expired 0, held 0 in 1 requests" in result.stdout
     assert {r.status for r in conversions(ready)} == {Conversion.SENT}
+
+
+def test_dispatch_freezes_what_start_up_made_before_sending(
+    waconv: Callable[..., Result],
+    ready: Services,
+    fake_graph: FakeGraph,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of the collector's reach, the modules and app are not walked again by every full
+    collection while batches are built."""
+    enqueue_many(ready, 1)
+    order: list[str] = []
+    monkeypatch.setattr(gc, "freeze", lambda: order.append("freeze"))
+    real = Dispatcher.run_once
+    monkeypatch.setattr(
+        Dispatcher, "run_once", lambda self, **kw: order.append("send") or real(self, **kw)
+    )
+
+    assert waconv("dispatch", "--once").exit_code == 0
+    assert order == ["freeze", "send"]
 
 
 def test_dispatch_once_exits_0_when_meta_refused_events(
