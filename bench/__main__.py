@@ -18,7 +18,7 @@ from typing import Any
 
 from bench import common, report
 
-FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 3}
+FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5}
 QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1}
 
 
