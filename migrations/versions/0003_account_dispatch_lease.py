@@ -41,9 +41,7 @@ def upgrade() -> None:
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("dispatch_token", sa.String(length=64), nullable=True))
         batch_op.add_column(
-            sa.Column(
-                "dispatch_leased_until", waconv.db.UTCDateTime(timezone=True), nullable=True
-            )
+            sa.Column("dispatch_leased_until", waconv.db.UTCDateTime(timezone=True), nullable=True)
         )
     op.execute("UPDATE conversions SET status = 'pending' WHERE status = 'sending'")
     for name in INDEXES:
