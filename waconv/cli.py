@@ -168,7 +168,7 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
     dispatcher = Dispatcher(services)
     # What start-up made (modules, app, settings) lives as long as the process: frozen out of
     # the garbage collector's reach, its full collections stop walking it again and again
-    # while batches are built (bench/PROFILE.md: a third of the CPU of each batch).
+    # while batches are built (bench/PROFILE.md: about a quarter of the CPU of each batch).
     gc.freeze()
     try:
         if once:
