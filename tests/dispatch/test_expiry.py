@@ -185,3 +185,25 @@ def test_held_events_that_age_out_expire(
     assert stats.expired == 1
     assert one(services, "held").status == Conversion.EXPIRED
     assert not fake_graph.requests
+
+
+def test_an_account_held_at_a_sweep_is_swept_by_that_dispatcher_when_it_holds_it(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    """Dispatchers taking a busy account in turn may each find it held at their sweep: the one
+    that skipped it sweeps it itself, before its first claim, the next time it holds it."""
+    enqueue_many(ready, 2, event_time=utcnow() - timedelta(days=6, hours=23, minutes=59))
+    other, mine = Dispatcher(ready), Dispatcher(ready)
+    with ready.db.transaction() as session:
+        held = other._take_lease(session, WABA_ID)
+    assert held is not None
+    freezer.tick(timedelta(seconds=1))  # too old to send now; the other's lease still runs
+
+    assert mine.run_once() == DispatchStats()  # held: not swept, not sent
+    assert {r.status for r in conversions(ready)} == {Conversion.PENDING}
+    assert Dispatcher(ready)._dispatch_account(WABA_ID).expired == 0  # held still: nothing
+    other._give_back(held)
+
+    assert mine._dispatch_account(WABA_ID).expired == 2
+    assert {r.status for r in conversions(ready)} == {Conversion.EXPIRED}
+    assert not fake_graph.requests

@@ -33,7 +33,8 @@ with no usable token or dataset are held with a ``last_error`` naming the comman
 
 No event older than Meta's limit is ever sent: claims skip them, every request of a split drops
 the ones that aged meanwhile, and a periodic sweep marks them ``expired`` (in accounts no other
-dispatcher holds). A dispatcher whose lease ran out (stalled in a long split) sends nothing
+dispatcher holds; one held at a dispatcher's sweep is swept by that dispatcher when it next
+holds it). A dispatcher whose lease ran out (stalled in a long split) sends nothing
 more of that account: another dispatcher owns its events now.
 """
 
@@ -318,6 +319,8 @@ class Dispatcher:
         self.batch_size = batch_size
         self.lease = timedelta(seconds=self.settings.lease_seconds)
         self._swept_at: float | None = None  # time.monotonic() of the last expiry sweep
+        # Accounts another dispatcher held at this one's last sweep: swept when next leased.
+        self._unswept: set[str] = set()
         self._stop: threading.Event | None = None  # run_forever's stop request
         self._deadline: float | None = None  # run_once's max_seconds, in time.monotonic()
 
@@ -376,19 +379,24 @@ class Dispatcher:
 
     # -- state changes --------------------------------------------------------------------------
 
-    def _expire_stale(self) -> int:
+    def _expire_stale(self, lease: AccountLease | None = None) -> int:
+        """Mark expired the due events too old to send: of every account no dispatcher holds
+        (an event of a batch in flight may be just this side of the limit), or, with
+        ``lease``, of the account this dispatcher holds, before its first claim of a turn
+        (accounts that dispatchers take in turn might never be free at anyone's sweep)."""
         now = utcnow()
-        # Not in accounts another dispatcher holds: an event of its batch in flight may be
-        # just this side of the limit (its own sweep and claims deal with them).
-        held = select(Account.waba_id).where(~_lease_free(now))
+        which: Any
         with self.db.transaction() as session:
+            if lease is None:
+                held = list(session.scalars(select(Account.waba_id).where(~_lease_free(now))))
+                self._unswept.update(held)
+                which = Conversion.waba_id.not_in(held)
+            else:
+                self._unswept.discard(lease.waba_id)
+                which = Conversion.waba_id == lease.waba_id
             result = session.execute(
                 update(Conversion)
-                .where(
-                    _due(now),
-                    Conversion.event_time < send_limit(now),
-                    Conversion.waba_id.not_in(held),
-                )
+                .where(_due(now), Conversion.event_time < send_limit(now), which)
                 .values(
                     status=Conversion.EXPIRED,
                     last_error=(
@@ -462,6 +470,8 @@ class Dispatcher:
 
     def _account_turn(self, lease: AccountLease, stats: DispatchStats) -> None:
         waba_id = lease.waba_id
+        if waba_id in self._unswept:
+            stats.expired += self._expire_stale(lease)
         provision = False
         with self.db.transaction() as session:
             account = registry.get_account(session, waba_id)
