@@ -18,7 +18,7 @@ from tests.dispatch.helpers import (
     status_counts,
 )
 from waconv.accounts import registry
-from waconv.conversions.dispatcher import Claimed, Dispatcher, Row
+from waconv.conversions.dispatcher import Dispatcher, Row
 from waconv.graph.client import GraphClient
 from waconv.graph.fake import FakeGraph
 from waconv.models import Account, Conversion
@@ -142,12 +142,12 @@ def test_a_failed_record_does_not_lose_the_batch_on_the_wire(
     real = dispatcher._record_sent
     calls = 0
 
-    def record_sent(claimed: Claimed, rows: list[Row], creds: Any) -> int:
+    def record_sent(rows: list[Row], creds: Any) -> int:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("database went away")
-        return real(claimed, rows, creds)
+        return real(rows, creds)
 
     monkeypatch.setattr(dispatcher, "_record_sent", record_sent)
 

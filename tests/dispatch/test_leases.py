@@ -88,9 +88,9 @@ def test_claimed_events_of_a_dead_dispatcher_go_again_after_the_lease(
     counted = sent_counter()
     creds = credentials(ready)
     err = GraphError("late", http_status=500)
-    assert dead._record_sent(claimed, claimed.rows, creds) == 0
-    assert dead._record_failed(claimed, claimed.rows, err, creds) == 0
-    assert dead._record_retry(claimed, claimed.rows, err, creds) == (0, 0)
+    assert dead._record_sent(claimed.rows, creds) == 0
+    assert dead._record_failed(claimed.rows, err, creds) == 0
+    assert dead._record_retry(claimed.rows, err, creds) == (0, 0)
     late = DispatchStats()
     dead._record_account_problem(claimed, GraphError("late", code=190), creds, late)
     assert late.held == 0

@@ -544,7 +544,7 @@ class Dispatcher:
         ):
             try:
                 while queued is not None or flying is not None:
-                    answered: tuple[Claimed, list[Row]] | None = None
+                    answered: list[Row] | None = None  # Meta took them
                     if flying is not None:
                         sent_claim, sent_rows, future = flying
                         flying = None
@@ -557,7 +557,7 @@ class Dispatcher:
                                     queued = None
                                 return
                         else:
-                            answered = (sent_claim, sent_rows)
+                            answered = sent_rows
                     if queued is not None:
                         next_claim, next_rows = queued
                         queued = None
@@ -570,7 +570,7 @@ class Dispatcher:
                         # The new record is queued before the last one's outcome is read: if
                         # that one failed, this one is still made (in ``finally``).
                         previous = recording
-                        recording = recorder.submit(self._record_accepted, *answered, creds)
+                        recording = recorder.submit(self._record_accepted, answered, creds)
                         if previous is not None:
                             stats.sent += previous.result()
                     if more and self._more_batches(lease, turn_ends):
@@ -584,7 +584,7 @@ class Dispatcher:
             finally:
                 # Only after an exception is a request left here: record what Meta did with it.
                 if flying is not None:
-                    self._settle_after_failure(creds, *flying, stats)
+                    self._settle_after_failure(creds, flying[1], flying[2], stats)
                 if recording is not None:
                     stats.sent += self._recorded(recording)
 
@@ -600,7 +600,6 @@ class Dispatcher:
     def _settle_after_failure(
         self,
         creds: Credentials,
-        claimed: Claimed,
         rows: list[Row],
         future: Future[None],
         stats: DispatchStats,
@@ -613,7 +612,7 @@ class Dispatcher:
             log.exception("conversion.deliver.abandoned count=%s", len(rows))
             return
         try:
-            self._accepted(creds, claimed, rows, stats)
+            self._accepted(creds, rows, stats)
         except Exception:
             log.exception("conversion.record_failed count=%s; sent but still pending", len(rows))
 
@@ -742,7 +741,7 @@ class Dispatcher:
                 good.append(r)
         for r, reason in broken:
             stats.failed += self._finalize(
-                claimed, [r], {"status": Conversion.FAILED, "last_error": reason}, "failed"
+                [r], {"status": Conversion.FAILED, "last_error": reason}, "failed"
             )
             log.error("conversion.failed event_ids=%s reason=%s", r.event_id, reason)
         return good
@@ -765,7 +764,7 @@ class Dispatcher:
             self._post(creds, claimed, rows)
         except GraphError as err:
             return self._rejected(creds, claimed, rows, err, stats, probing=probing)
-        self._accepted(creds, claimed, rows, stats, probing=probing)
+        self._accepted(creds, rows, stats, probing=probing)
         return True
 
     def _sendable(self, claimed: Claimed, rows: Sequence[Row], stats: DispatchStats) -> list[Row]:
@@ -775,7 +774,7 @@ class Dispatcher:
         limit = send_limit(utcnow())
         stale = [r for r in rows if r.event_time < limit]
         if stale:  # aged past the limit during a long split: Meta would reject the whole batch
-            stats.expired += self._record_expired(claimed, stale)
+            stats.expired += self._record_expired(stale)
             rows = [r for r in rows if r.event_time >= limit]
         return rows
 
@@ -791,21 +790,20 @@ class Dispatcher:
             test_event_code=self.settings.test_event_code or None,
         )
 
-    def _record_accepted(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
+    def _record_accepted(self, rows: Sequence[Row], creds: Credentials) -> int:
         """Meta took ``rows``: count the request and mark them sent; how many were."""
         GRAPH_REQUESTS.labels(endpoint="events", outcome="ok").inc()
-        return self._record_sent(claimed, rows, creds)
+        return self._record_sent(rows, creds)
 
     def _accepted(
         self,
         creds: Credentials,
-        claimed: Claimed,
         rows: Sequence[Row],
         stats: DispatchStats,
         *,
         probing: bool = False,
     ) -> None:
-        stats.sent += self._record_accepted(claimed, rows, creds)
+        stats.sent += self._record_accepted(rows, creds)
         if probing:
             self._resume(creds.waba_id, "Meta accepted events again")
 
@@ -833,14 +831,14 @@ class Dispatcher:
                 return False
             return self._deliver(creds, claimed, rows[middle:], stats)
         if disposition is Disposition.INVALID:
-            stats.failed += self._record_failed(claimed, rows, err, creds)
+            stats.failed += self._record_failed(rows, err, creds)
             if probing:  # Meta read the event: token and dataset are fine again
                 self._resume(creds.waba_id, "Meta accepted the token again")
         elif disposition is Disposition.ACCOUNT:
             self._record_account_problem(claimed, err, creds, stats)
             return False
         else:
-            retried, expired = self._record_retry(claimed, rows, err, creds)
+            retried, expired = self._record_retry(rows, err, creds)
             stats.retried += retried
             stats.expired += expired
             if probing:  # no verdict on the account: ask again later, not event by event
@@ -882,9 +880,7 @@ class Dispatcher:
             lease.until = until
         return list(rows)
 
-    def _finalize(
-        self, claimed: Claimed, rows: Sequence[Row], values: dict[str, Any], outcome: str | None
-    ) -> int:
+    def _finalize(self, rows: Sequence[Row], values: dict[str, Any], outcome: str) -> int:
         """Set ``values`` on the ``rows`` still pending; how many that was, counted under
         ``outcome`` (an outcome another dispatcher recorded first stands, and is not counted
         again)."""
@@ -896,11 +892,11 @@ class Dispatcher:
                 .execution_options(synchronize_session=False)
             )
         count = _rowcount(result)
-        if count and outcome is not None:
+        if count:
             CONVERSION_EVENTS.labels(outcome=outcome).inc(count)
         return count
 
-    def _record_sent(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
+    def _record_sent(self, rows: Sequence[Row], creds: Credentials) -> int:
         """``_finalize`` with the sent outcome, in the driver's SQL: the one write of every
         1,000 events."""
         parameters = {
@@ -928,13 +924,13 @@ class Dispatcher:
             if account is not None and account.status == Account.PAUSED:
                 account.probe_at = utcnow() + PAUSED_PROBE_INTERVAL
 
-    def _record_expired(self, claimed: Claimed, rows: Sequence[Row]) -> int:
+    def _record_expired(self, rows: Sequence[Row]) -> int:
         reason = (
             "expired: reached Meta's 7-day limit on event_time while its batch was being sent "
             "(see the previous error in the logs)"
         )
         count = self._finalize(
-            claimed, rows, {"status": Conversion.EXPIRED, "last_error": reason}, "expired"
+            rows, {"status": Conversion.EXPIRED, "last_error": reason}, "expired"
         )
         if count:
             log.warning("conversion.expired count=%s reason=7-day limit", count)
@@ -952,7 +948,6 @@ class Dispatcher:
 
     def _record_failed(
         self,
-        claimed: Claimed,
         rows: Sequence[Row],
         err: GraphError,
         creds: Credentials,
@@ -963,7 +958,7 @@ class Dispatcher:
             "attempts": Conversion.attempts + 1,
             **self._error_values(err, sentence),
         }
-        count = self._finalize(claimed, rows, values, "failed")
+        count = self._finalize(rows, values, "failed")
         if count:
             log.error(
                 "conversion.failed event_ids=%s reason=%s",
@@ -974,7 +969,6 @@ class Dispatcher:
 
     def _record_retry(
         self,
-        claimed: Claimed,
         rows: Sequence[Row],
         err: GraphError,
         creds: Credentials,
@@ -1000,7 +994,7 @@ class Dispatcher:
                     "next_attempt_at": next_at,
                     **self._error_values(err, f"will retry: {sentence}"),
                 }
-                retried += self._finalize(claimed, keep, values, "retry")
+                retried += self._finalize(keep, values, "retry")
             if late:
                 reason = (
                     "expired: Meta's 7-day limit on event_time would pass before the next "
@@ -1011,7 +1005,7 @@ class Dispatcher:
                     "attempts": Conversion.attempts + 1,
                     **self._error_values(err, reason),
                 }
-                expired += self._finalize(claimed, late, values, "expired")
+                expired += self._finalize(late, values, "expired")
         log.warning(
             "conversion.deliver.retry count=%s expired=%s reason=%s", retried, expired, sentence
         )
