@@ -10,9 +10,7 @@ from tests.dispatch.helpers import enqueue_many
 from waconv.clock import utcnow
 from waconv.conversions.dispatcher import (
     _CLAIM_STATEMENTS,
-    _SENT_SQL,
     _SENT_STATEMENTS,
-    _SETTLED,
     _id_list,
 )
 from waconv.db import time_binder
@@ -61,10 +59,3 @@ def test_marking_sent_looks_the_batch_up_by_id(ready: Services) -> None:
     }
     plan = _plan(ready, _SENT_STATEMENTS[ready.db.dialect], parameters)
     assert "ix_conversions_due" not in plan and "ix_conversions_account_due" not in plan, plan
-
-
-def test_marking_sent_skips_exactly_the_settled_statuses() -> None:
-    """The driver-level statement spells out what ``UNSETTLED`` says: a status added later
-    must be added there too."""
-    settled = ", ".join(f"'{status}'" for status in _SETTLED)
-    assert f"status NOT IN ({settled})" in _SENT_SQL

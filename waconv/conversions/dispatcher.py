@@ -209,18 +209,6 @@ _CLAIM_SQL = (
     " AND event_time >= {oldest}{after} ORDER BY next_attempt_at, id LIMIT {limit}"
 )
 _CLAIM_AFTER = " AND (next_attempt_at, id) > ({after_due}, {after_id})"
-_PARAMETERS = ("waba_id", "now", "oldest", "limit", "after_due", "after_id")
-_CLAIM_STATEMENTS = {
-    (dialect, after): _CLAIM_SQL.format(
-        after=_CLAIM_AFTER.format(**marks) if after else "", **marks
-    )
-    for dialect, marks in (
-        ("sqlite", {name: f":{name}" for name in _PARAMETERS}),
-        ("postgresql", {name: f"%({name})s" for name in _PARAMETERS}),
-    )
-    for after in (False, True)
-}
-
 
 # "Still pending" where a batch's outcome is recorded, written so that PostgreSQL's planner
 # cannot answer it from the partial due indexes: before a new table's first ANALYZE it did,
@@ -228,19 +216,53 @@ _CLAIM_STATEMENTS = {
 _SETTLED = tuple(status for status in Conversion.STATUSES if status != Conversion.PENDING)
 UNSETTLED = Conversion.status.not_in(_SETTLED)
 
-# What _finalize does for the sent outcome (see _record_sent), by dialect.
+# What _finalize does for the sent outcome (see _record_sent).
 _SENT_SQL = (
     "UPDATE conversions SET status = 'sent', attempts = attempts + 1, sent_at = {now},"
     " updated_at = {now}, dataset_id = {dataset_id}, last_error = NULL"
-    " WHERE id {ids} AND status NOT IN ('sent', 'failed', 'expired')"  # UNSETTLED
+    " WHERE id {id_in} AND status NOT IN ({settled})"
 )
+# ``id IN`` the batch, given as one text parameter by _id_list (_id_in says it for Core).
+_ID_IN_SQL = {
+    "sqlite": "IN (SELECT value FROM json_each({ids}))",
+    "postgresql": "= ANY(CAST({ids} AS bigint[]))",
+}
+_PARAMETER_MARKS = {"sqlite": ":{}", "postgresql": "%({})s"}
+
+
+class _Parameters(dict[str, str]):
+    """For ``str.format_map``: each ``{name}`` not given becomes the driver's named parameter
+    ``name`` (``:name`` for sqlite3, ``%(name)s`` for psycopg)."""
+
+    def __init__(self, dialect: str) -> None:
+        super().__init__()
+        self.mark = _PARAMETER_MARKS[dialect]
+
+    def __missing__(self, name: str) -> str:
+        return self.mark.format(name)
+
+
+def _driver_sql(template: str, dialect: str, **fragments: str) -> str:
+    """``template`` as the driver of ``dialect`` takes it, each fragment (a template too) in
+    its place."""
+    parameters = _Parameters(dialect)
+    parameters.update({name: text.format_map(parameters) for name, text in fragments.items()})
+    return template.format_map(parameters)
+
+
+_CLAIM_STATEMENTS = {
+    (dialect, after): _driver_sql(_CLAIM_SQL, dialect, after=_CLAIM_AFTER if after else "")
+    for dialect in _PARAMETER_MARKS
+    for after in (False, True)
+}
 _SENT_STATEMENTS = {
-    "sqlite": _SENT_SQL.format(
-        now=":now", dataset_id=":dataset_id", ids="IN (SELECT value FROM json_each(:ids))"
-    ),
-    "postgresql": _SENT_SQL.format(
-        now="%(now)s", dataset_id="%(dataset_id)s", ids="= ANY(CAST(%(ids)s AS bigint[]))"
-    ),
+    dialect: _driver_sql(
+        _SENT_SQL,
+        dialect,
+        id_in=_ID_IN_SQL[dialect],
+        settled=", ".join(f"'{status}'" for status in _SETTLED),
+    )
+    for dialect in _PARAMETER_MARKS
 }
 
 
