@@ -324,6 +324,13 @@ def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def _counted(count: int, outcome: str) -> int:
+    """``count`` events recorded with ``outcome``, added to the metric."""
+    if count:
+        CONVERSION_EVENTS.labels(outcome=outcome).inc(count)
+    return count
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -428,9 +435,8 @@ class Dispatcher:
                 )
                 .execution_options(synchronize_session=False)
             )
-        expired = _rowcount(result)
+        expired = _counted(_rowcount(result), "expired")
         if expired:
-            CONVERSION_EVENTS.labels(outcome="expired").inc(expired)
             log.warning("conversion.expired count=%s reason=7-day limit", expired)
         return expired
 
@@ -480,15 +486,20 @@ class Dispatcher:
         """End of the turn: the account is free for any dispatcher (best effort: if this
         fails, the lease lapses)."""
         try:
-            with self.db.transaction() as session:
-                session.execute(
-                    update(Account)
-                    .where(Account.waba_id == lease.waba_id, Account.dispatch_token == lease.token)
-                    .values(dispatch_token=None, dispatch_leased_until=None)
-                    .execution_options(synchronize_session=False)
-                )
+            self._update_lease(lease, dispatch_token=None, dispatch_leased_until=None)
         except Exception:
             log.exception("dispatcher.lease_release_failed waba_id=%s", lease.waba_id)
+
+    def _update_lease(self, lease: AccountLease, **values: Any) -> bool:
+        """Set ``values`` on the account if ``lease`` still holds it; whether it did."""
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Account)
+                .where(Account.waba_id == lease.waba_id, Account.dispatch_token == lease.token)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        return _rowcount(result) > 0
 
     def _account_turn(self, lease: AccountLease, stats: DispatchStats) -> None:
         waba_id = lease.waba_id
@@ -694,9 +705,8 @@ class Dispatcher:
             .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
             .execution_options(synchronize_session=False)
         )
-        held = _rowcount(result)
+        held = _counted(_rowcount(result), "held")
         if held:
-            CONVERSION_EVENTS.labels(outcome="held").inc(held)
             log.warning("conversion.held waba_id=%s count=%s reason=%s", waba_id, held, reason)
         return held
 
@@ -883,14 +893,7 @@ class Dispatcher:
         needed = timedelta(seconds=self.settings.graph_timeout_seconds) + LEASE_SLACK
         if lease.until - now < needed:
             until = now + max(self.lease, needed)
-            with self.db.transaction() as session:
-                kept = session.execute(
-                    update(Account)
-                    .where(Account.waba_id == lease.waba_id, Account.dispatch_token == lease.token)
-                    .values(dispatch_leased_until=until)
-                    .execution_options(synchronize_session=False)
-                )
-            if not _rowcount(kept):
+            if not self._update_lease(lease, dispatch_leased_until=until):
                 lease.lost = True
                 log.warning(
                     "dispatcher.lease_lost waba_id=%s unsent=%s; another dispatcher took the "
@@ -913,10 +916,7 @@ class Dispatcher:
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-        count = _rowcount(result)
-        if count:
-            CONVERSION_EVENTS.labels(outcome=outcome).inc(count)
-        return count
+        return _counted(_rowcount(result), outcome)
 
     def _record_sent(self, rows: Sequence[Row], creds: Credentials) -> int:
         """``_finalize`` with the sent outcome, in the driver's SQL: the one write of every
@@ -928,9 +928,7 @@ class Dispatcher:
         }
         with self.db.autocommit_cursor() as cursor:
             cursor.execute(_SENT_STATEMENTS[self.db.dialect], parameters)
-            count = max(int(cursor.rowcount), 0)
-        if count:
-            CONVERSION_EVENTS.labels(outcome="sent").inc(count)
+            count = _counted(max(int(cursor.rowcount), 0), "sent")
         log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
         return count
 
@@ -1057,7 +1055,4 @@ class Dispatcher:
                 )
                 .execution_options(synchronize_session=False)
             )
-        count = _rowcount(released)
-        stats.held += count
-        if count:
-            CONVERSION_EVENTS.labels(outcome="held").inc(count)
+        stats.held += _counted(_rowcount(released), "held")
