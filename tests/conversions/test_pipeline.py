@@ -14,6 +14,7 @@ from tests.dispatch.helpers import (
     clid,
     conversions,
     enqueue_many,
+    enqueue_one,
     setup_account,
     status_counts,
 )
@@ -167,3 +168,24 @@ def test_a_failed_record_does_not_lose_the_batch_on_the_wire(
     assert sent <= set(accepted)
     assert sent | pending == set(ids)
     assert_released(ready)
+
+
+def test_events_enqueued_during_a_turn_are_sent_in_the_same_run(
+    ready: Services, fake_graph: FakeGraph
+) -> None:
+    """Claims within a turn start after the last one's events (they are in flight); an event
+    that becomes due meanwhile, a new one or a failed one retried by the operator, is after
+    them and still goes."""
+    ids = enqueue_many(ready, 2500)
+    late: list[str] = []
+
+    def enqueue_now() -> None:
+        late.append(enqueue_one(ready, "arrived-mid-turn").event_id)
+
+    with Watched(fake_graph, {2: enqueue_now}) as graph:
+        stats = Dispatcher(ready, graph=graph).run_once()
+
+    assert stats.sent == 2501
+    accepted = fake_graph.accepted_event_ids()
+    assert set(accepted) == set(ids) | set(late) and set(accepted.values()) == {1}
+    assert status_counts(ready) == {Conversion.SENT: 2501}

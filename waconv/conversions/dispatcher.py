@@ -928,7 +928,8 @@ class Dispatcher:
         }
         with self.db.autocommit_cursor() as cursor:
             cursor.execute(_SENT_STATEMENTS[self.db.dialect], parameters)
-            count = _counted(max(int(cursor.rowcount), 0), "sent")
+            updated = max(int(cursor.rowcount), 0)
+        count = _counted(updated, "sent")  # with the writers' turn given back
         log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
         return count
 
