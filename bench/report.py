@@ -155,7 +155,13 @@ def _end_to_end(waconv: dict[str, Any], pywa: dict[str, Any]) -> str:
 
 
 def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
-    from bench.dispatch import DispatchResults, DispatchRun, median_rate
+    from bench.dispatch import (
+        DispatchResults,
+        DispatchRun,
+        cpu_per_thousand,
+        median_rate,
+        median_run,
+    )
 
     results = DispatchResults(
         events=dispatch["events"],
@@ -187,6 +193,27 @@ def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
             f"| {contender} | {backend} | {median_rate(results, contender, backend):,.0f} | "
             f"{', '.join(f'{r.events_per_s:,.0f}' for r in runs)} | "
             f"{'yes' if all(r.verified for r in runs) else 'NO'} |"
+        )
+    out += [
+        "",
+        "CPU of each contender's median round, per 1,000 events: the sending process (all its "
+        "threads: waconv's database reads and writes on SQLite included), the fake's process, "
+        "and PostgreSQL's processes (waconv on PostgreSQL). Every contender shares the "
+        "machine's 2 cores with its fake.",
+        "",
+        "| contender | database | sender ms | fake ms | PostgreSQL ms | total ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for contender, backend in keys:
+        run = median_run(results, contender, backend)
+        if run is None or run.cpu_s is None:
+            continue
+        parts = [run.cpu_s, run.fake_cpu_s, run.db_cpu_s]
+        total = sum(p for p in parts if p is not None)
+        out.append(
+            f"| {contender} | {backend} | "
+            + " | ".join(cpu_per_thousand(p, run) for p in parts)
+            + f" | {cpu_per_thousand(total, run)} |"
         )
     out += [
         "",
