@@ -188,7 +188,9 @@ class MarkRequest:
 
         event_time = None
         if body.get("event_time") is not None:
-            event_time = _unix_seconds("event_time", body["event_time"])
+            event_time = _not_in_future(
+                "event_time", _unix_seconds("event_time", body["event_time"])
+            )
 
         phone_number_id = None
         if body.get("phone_number_id") is not None:
@@ -255,6 +257,20 @@ def _unix_seconds(field: str, value: object) -> datetime:
             "invalid_event_time", field, f"{field} {value} is not a plausible unix time{hint}"
         )
     return from_unix(value)
+
+
+def _not_in_future(field: str, moment: datetime) -> datetime:
+    """An operator's event_time must not be ahead of now (the rules' clamp of a message time a
+    few seconds early is for Meta's clock and ours, not for an operator's input)."""
+    now = utcnow()
+    if moment > now:
+        raise bad_request(
+            "invalid_event_time",
+            field,
+            f"{field} {isoformat(moment)} is in the future; it must be the time the customer "
+            f"acted, at most now ({isoformat(now)})",
+        )
+    return moment
 
 
 @dataclass(frozen=True)
