@@ -186,6 +186,32 @@ def test_phone_number_id_chooses_among_the_users_conversations(
     assert "phone number 1" in missing.json["error"]["message"]
 
 
+def test_the_same_request_finds_its_record_after_the_user_wrote_to_another_number(
+    admin: Admin, services: Services, post_webhook: Callable[..., Any]
+) -> None:
+    # Without phone_number_id a request means the user's most recently active conversation;
+    # that changes when the user writes to another of the business's numbers, and the same
+    # request again must still be the same record, not a second Purchase for Meta.
+    other_number = "106540352242999"
+    first_chat = p.message(ts=1750275000, ref=p.referral(ctwa_clid="CLICK-OLD"))
+    assert post_webhook(p.delivery(first_chat)).status_code == 200
+    body = {"wa_id": WA_ID, "event_name": "Purchase", "custom_data": PURCHASE, "order_id": "X-1"}
+    first = admin.mark(**body)
+    assert first.status_code == 202
+
+    later = p.message(ts=1750276000, ref=p.referral(ctwa_clid="CLICK-NEW"))
+    assert post_webhook(p.delivery(later, phone_number_id=other_number)).status_code == 200
+    again = admin.mark(**body)
+    assert again.status_code == 200
+    assert again.json == first.json
+    assert count(services, Conversion) == 1
+
+    # Another order is another conversion, on the conversation the user is in now.
+    other = admin.mark(**{**body, "order_id": "X-2"})
+    assert other.status_code == 202
+    assert other.json["ctwa_clid"] == "CLICK-NEW"
+
+
 def test_unknown_conversation_is_404(admin: Admin, services: Services, clicked: str) -> None:
     r = admin.mark(wa_id="19995550000", event_name="LeadSubmitted")
     assert r.status_code == 404

@@ -295,6 +295,31 @@ def admin_event_id(conversation: Conversation, event_name: str, order_id: str | 
     )
 
 
+def _marked_before(session: Session, request: MarkRequest) -> Conversion | None:
+    """The conversion an earlier request for this user, event and order recorded, on any of
+    the user's conversations. Without a phone number the request means the user's most
+    recently active conversation, which changes when the user writes to another of the
+    business's numbers: the same request again must still find what it recorded (the
+    contract: same wa_id, event_name and order_id, same record)."""
+    order = (
+        Conversion.order_id.is_(None)
+        if request.order_id is None
+        else Conversion.order_id == request.order_id
+    )
+    return session.scalar(
+        select(Conversion)
+        .join(Conversation, Conversion.conversation_id == Conversation.id)
+        .where(
+            store.is_user(request.user, request.user_field),
+            Conversion.source == "admin",
+            Conversion.event_name == request.event_name,
+            order,
+        )
+        .order_by(Conversion.id)
+        .limit(1)
+    )
+
+
 def mark_conversion(session: Session, request: MarkRequest) -> Marked:
     """Enqueue the conversion, or return the one already recorded for it (``created=False``)."""
     conversation = store.find_conversation(
@@ -307,6 +332,10 @@ def mark_conversion(session: Session, request: MarkRequest) -> Marked:
             "conversation_not_found",
             f"no conversation with {request.user_field} {request.user!r}{where}",
         )
+    if request.phone_number_id is None:
+        earlier = _marked_before(session, request)
+        if earlier is not None:
+            return Marked(earlier, created=False)
     if conversation.ctwa_clid is None:
         raise APIError(
             422,

@@ -281,19 +281,22 @@ def conversation_for_click(session: Session, clid: str | None, wamid: str) -> Co
     )
 
 
+def is_user(user: str, field: str | None = None) -> Any:
+    """The conversations of ``user``, by wa_id or business-scoped user_id (``field`` names
+    one of them, else either)."""
+    if field == "wa_id":
+        return Conversation.wa_id == user
+    if field == "user_id":
+        return Conversation.user_id == user
+    return (Conversation.wa_id == user) | (Conversation.user_id == user)
+
+
 def find_conversation(
     session: Session, user: str, phone_number_id: str | None = None, *, field: str | None = None
 ) -> Conversation | None:
     """By wa_id or business-scoped user_id (``field`` names one of them, else either);
     without a phone number, the user's most recently active conversation."""
-    if field == "wa_id":
-        query = select(Conversation).where(Conversation.wa_id == user)
-    elif field == "user_id":
-        query = select(Conversation).where(Conversation.user_id == user)
-    else:
-        query = select(Conversation).where(
-            (Conversation.wa_id == user) | (Conversation.user_id == user)
-        )
+    query = select(Conversation).where(is_user(user, field))
     if phone_number_id:
         query = query.where(Conversation.phone_number_id == phone_number_id)
     query = query.order_by(
