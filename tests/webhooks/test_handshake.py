@@ -62,6 +62,8 @@ def test_challenge_is_returned_verbatim_even_when_not_digits(client):
         {"hub.mode": "subscribe", "hub.challenge": CHALLENGE},
         {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": CHALLENGE},
         {"hub.mode": "subscribe", "hub.verify_token": "t\u00e9st", "hub.challenge": "1"},
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN},
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": ""},
         {},
     ],
     ids=[
@@ -72,6 +74,8 @@ def test_challenge_is_returned_verbatim_even_when_not_digits(client):
         "no-token",
         "empty-token",
         "non-ascii-token",
+        "no-challenge",
+        "empty-challenge",
         "nothing",
     ],
 )

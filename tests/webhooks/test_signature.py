@@ -87,6 +87,7 @@ def test_uppercase_hex_digest_is_accepted(client, services):
         b'{"entry": NaN}',  # not JSON (RFC 8259), though Python's parser takes it
         b'{"entry": [1e400]}',  # a float Python reads as inf
         b'{"a": ' * 20000 + b"1" + b"}" * 20000,  # nesting beyond any parser's stack
+        '{"object": "whatsapp_business_account"}'.encode("utf-16"),  # JSON is UTF-8 (RFC 8259)
     ],
     ids=[
         "text",
@@ -100,6 +101,7 @@ def test_uppercase_hex_digest_is_accepted(client, services):
         "nan",
         "inf",
         "deep",
+        "utf-16",
     ],
 )
 def test_signed_body_that_is_not_a_json_object_is_400_and_nothing_is_stored(client, services, body):
@@ -107,6 +109,13 @@ def test_signed_body_that_is_not_a_json_object_is_400_and_nothing_is_stored(clie
     assert r.status_code == 400
     assert r.json["error"]["code"] == "bad_json"
     assert _nothing_stored(services)
+
+
+def test_a_utf8_byte_order_mark_is_allowed(client, services):
+    body = b"\xef\xbb\xbf" + encode({"object": "whatsapp_business_account", "entry": []})
+    r = client.post("/webhook", data=body, headers=signed_headers(body))
+    assert r.status_code == 200
+    assert r.json["status"] == "stored"
 
 
 def test_body_over_3_mib_is_413_and_nothing_is_stored(client, services):

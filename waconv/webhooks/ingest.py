@@ -58,8 +58,12 @@ def _finite_float(text: str) -> float:
 
 
 def parse_body(raw: bytes) -> Any:
-    """Strict JSON: raises ValueError (or RecursionError for absurd nesting)."""
-    return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    """Strict JSON: raises ValueError (or RecursionError for absurd nesting).
+
+    UTF-8 only, as RFC 8259 requires between systems (a leading BOM is allowed): given bytes,
+    ``json.loads`` would also read UTF-16 and UTF-32."""
+    text = raw.decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 OUTCOMES = ("stored", "duplicate", "processing_failed")

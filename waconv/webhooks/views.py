@@ -33,6 +33,7 @@ def verify() -> Response:
     challenge = request.args.get("hub.challenge", "")
     if (
         mode == "subscribe"
+        and challenge  # Meta always sends one; without it there is nothing to answer
         and settings.verify_token
         and hmac.compare_digest(token.encode(), settings.verify_token.encode())
     ):
