@@ -14,11 +14,20 @@ log = logging.getLogger(__name__)
 class APIError(Exception):
     """An error with an HTTP status, a stable code and a sentence for the caller."""
 
-    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **details: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
@@ -30,7 +39,7 @@ class APIError(Exception):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(err: APIError) -> Any:
-        return jsonify(err.to_dict()), err.status
+        return jsonify(err.to_dict()), err.status, err.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Any:

@@ -21,6 +21,11 @@ ENDPOINTS = [
     ("GET", "/admin/conversions/1"),
     ("POST", "/admin/conversions/1/retry"),
     ("GET", "/admin/openapi.json"),
+    # Paths and methods no route takes are guarded too: probing needs the token.
+    ("GET", "/admin/nothing"),
+    ("GET", "/admin"),
+    ("DELETE", "/admin/conversions"),
+    ("GET", "/admin/conversions/1/retry"),
 ]
 MARK = {"wa_id": "16505551234", "event_name": "LeadSubmitted"}
 
@@ -29,7 +34,7 @@ def _call(app: Flask, method: str, path: str, headers: dict[str, str]) -> Any:
     client = app.test_client()
     if method == "POST":
         return client.post(path, json=MARK, headers=headers)
-    return client.get(path, headers=headers)
+    return client.open(path, method=method, headers=headers)
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -51,7 +56,24 @@ def test_wrong_or_missing_token_is_401(
     r = _call(app, method, path, headers)
     assert r.status_code == 401
     assert r.json == {"error": {"code": "unauthorized", "message": "missing or wrong bearer token"}}
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")  # RFC 6750 §3
     assert count(services, Conversion) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/admin/nothing", 404),
+        ("DELETE", "/admin/conversions", 405),
+        ("GET", "/admin/conversions/1/retry", 405),
+    ],
+)
+def test_with_the_token_unknown_paths_and_methods_are_json_errors(
+    admin: Admin, method: str, path: str, status: int
+) -> None:
+    r = admin.client.open(path, method=method, headers=admin.headers)
+    assert r.status_code == status
+    assert set(r.json["error"]) == {"code", "message"}
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)

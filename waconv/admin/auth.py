@@ -21,4 +21,10 @@ def require_admin() -> None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), expected.encode()
     ):
-        raise APIError(401, "unauthorized", "missing or wrong bearer token")
+        # RFC 6750 §3: a 401 names the scheme the client must use.
+        raise APIError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="waconv admin"'},
+        )

@@ -19,7 +19,15 @@ from waconv.errors import APIError
 from waconv.services import current_services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-bp.before_request(require_admin)
+
+
+@bp.before_app_request
+def _guard() -> None:
+    """Every /admin path, before routing has its say: a blueprint's own hook runs only once
+    one of its routes matched, so an unknown path or a wrong method answered 404 or 405
+    without a token, and not 503 while the API is off."""
+    if request.path == bp.url_prefix or request.path.startswith(f"{bp.url_prefix}/"):
+        require_admin()
 
 
 def _refuse_constant(name: str) -> None:
