@@ -70,9 +70,14 @@ def meta(status: int, code: int | None, subcode: int | None = None, **extra: Any
         pytest.param(meta(400, 2500), ACCOUNT, id="unknown-path-2500"),
         pytest.param(meta(400, 803), ACCOUNT, id="unknown-alias-803"),
         pytest.param(meta(404, None), ACCOUNT, id="4xx-not-graph"),
-        pytest.param(meta(400, 12345), INVALID, id="other-code-4xx"),
-        pytest.param(meta(400, 300), INVALID, id="code-300-outside-permissions"),
-        pytest.param(meta(400, 80100), INVALID, id="code-80100-outside-buc-range"),
+        # Meta reports bad events as code 100: another code is about the request (held)
+        pytest.param(meta(400, 12345), ACCOUNT, id="other-code-4xx"),
+        pytest.param(meta(400, 2635), ACCOUNT, id="deprecated-version-2635"),
+        pytest.param(meta(400, 300), ACCOUNT, id="code-300-outside-permissions"),
+        pytest.param(meta(400, 80100), ACCOUNT, id="code-80100-outside-buc-range"),
+        # decided by the code, not the HTTP status: 100 is never retried (gotcha 16)
+        pytest.param(meta(500, 100, 2804087), INVALID, id="100-with-http-500"),
+        pytest.param(meta(503, 100), INVALID, id="100-no-subcode-http-503"),
         # unknown
         pytest.param(GraphError("odd", http_status=200), RETRY, id="2xx-unparseable"),
         pytest.param(GraphError("odd"), RETRY, id="nothing-known"),
@@ -226,3 +231,21 @@ def test_operator_message_without_waba_and_with_another_action() -> None:
     line = operator_message(meta(400, 190), action="provision the dataset")
     assert line.startswith("cannot provision the dataset: ")
     assert "--waba-id <id>" in line
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        GraphError("connection failed: refused", network=True),
+        meta(400, 17, 2446079),
+        meta(400, 368),
+        meta(503, None),
+    ],
+    ids=["network", "rate-limit", "policy-block", "temporary"],
+)
+def test_a_command_is_not_said_to_retry_by_itself(err: GraphError) -> None:
+    # The dispatcher tries again on its own; `waconv provision-dataset` does not.
+    assert "waconv retries" in operator_message(err, waba_id=WABA)
+    line = operator_message(err, waba_id=WABA, action="get or create the dataset", retried=False)
+    assert "waconv retries" not in line
+    assert "run the command again" in line

@@ -168,7 +168,9 @@ def provision_dataset(
     except GraphError as err:
         # Not logged: the caller shows it (the CLI's one line on stderr).
         raise AccountError(
-            operator_message(err, waba_id=waba_id, action="get or create the dataset")
+            operator_message(
+                err, waba_id=waba_id, action="get or create the dataset", retried=False
+            )
         ) from None
     with services.db.transaction() as session:
         account, registered = registry.register(session, waba_id)
@@ -196,7 +198,9 @@ def subscribe_app(
         client.subscribe_app(waba_id, token)
     except GraphError as err:
         raise AccountError(
-            operator_message(err, waba_id=waba_id, action="subscribe the app to the webhooks")
+            operator_message(
+                err, waba_id=waba_id, action="subscribe the app to the webhooks", retried=False
+            )
         ) from None
     with services.db.transaction() as session:
         _, registered = registry.register(session, waba_id)

@@ -237,6 +237,10 @@ CLASSIFICATION: tuple[Rule, ...] = (
         lambda e: e.code == INVALID_PARAMETER_CODE and e.subcode in ACCOUNT_SUBCODES_OF_100,
         ACCOUNT,
     ),
+    # 100 with any other subcode (2804066 event name, 2804087 ctwa_clid, 2804003 event_time ...)
+    # or none, whatever the HTTP status: the whole batch was rejected because of its content
+    # (never retried, gotcha 16).
+    Rule("invalid-parameter", lambda e: e.code == INVALID_PARAMETER_CODE, INVALID),
     # Server-side failure without a code we know (HTML 5xx page, 503 ...).
     Rule("http-5xx", lambda e: _status_between(e, 500, 599), RETRY),
     # 2500 unknown path / 803 unknown alias: a wrong WACONV_GRAPH_URL, version or dataset id.
@@ -253,13 +257,12 @@ CLASSIFICATION: tuple[Rule, ...] = (
         ),
         ACCOUNT,
     ),
-    # 100 with any other subcode (2804066 event name, 2804087 ctwa_clid, 2804003 event_time ...)
-    # or none: the whole batch was rejected because of its content.
-    Rule("invalid-parameter", lambda e: e.code == INVALID_PARAMETER_CODE, INVALID),
     # 408 / 429 without a code we know: the transport asks us to come back later.
     Rule("http-408-429", lambda e: e.http_status in (408, 429), RETRY),
-    # Any other 4xx: Meta refused the content of this request.
-    Rule("http-4xx", lambda e: _status_between(e, 400, 499), INVALID),
+    # Any other 4xx with a Meta code: Meta reports bad events as 100, so a code we do not know
+    # (2635 deprecated version, 12 deprecated field ...) is about the request, not its events.
+    # Failing them would lose every one; the account is paused and its events wait.
+    Rule("http-4xx", lambda e: _status_between(e, 400, 499), ACCOUNT),
     # Anything unknown: retrying is safe, the outbox expires events before the 7-day limit.
     Rule("unknown", lambda e: True, RETRY),
 )
@@ -289,12 +292,14 @@ def _meta_reference(err: GraphError) -> str:
     return f"({', '.join(parts)})"
 
 
-def _advice(err: GraphError, waba: str) -> str:
+def _advice(err: GraphError, waba: str, retried: bool) -> str:
     code, subcode = err.code, err.subcode
+    # What happens next: the dispatcher tries again by itself, a command does not.
+    again = "waconv retries with backoff" if retried else "run the command again"
     if err.network:
         return (
-            f"could not reach the Graph API ({err.message}); waconv retries with backoff, "
-            "check the network path to WACONV_GRAPH_URL if it persists"
+            f"could not reach the Graph API ({err.message}); {again}, and check the network "
+            "path to WACONV_GRAPH_URL if it persists"
         )
     if err.partial:
         return f"{err.message}; waconv sends the same events again with the same event_id"
@@ -332,8 +337,8 @@ def _advice(err: GraphError, waba: str) -> str:
         )
     if is_rate_limit(err):
         return (
-            "Meta is rate-limiting these calls; waconv backs off and retries, check the app's "
-            "Marketing API access tier if it persists"
+            f"Meta is rate-limiting these calls; {again}, and check the app's Marketing "
+            "API access tier if it persists"
         )
     if code in ENDPOINT_CODES or (
         code is None and _status_between(err, 400, 499) and err.http_status not in (408, 429)
@@ -343,21 +348,29 @@ def _advice(err: GraphError, waba: str) -> str:
             "WACONV_GRAPH_URL, WACONV_GRAPH_VERSION and the account's dataset id"
         )
     if code == POLICY_BLOCK_CODE:
-        return "Meta temporarily blocked the app or account for policy reasons; waconv retries"
+        return f"Meta temporarily blocked the app or account for policy reasons; {again}"
     if err.is_transient or code in TEMPORARY_CODES or _status_between(err, 500, 599):
-        return f"Meta had a temporary failure ({err.message}); waconv retries with backoff"
+        return f"Meta had a temporary failure ({err.message}); {again}"
     detail = err.user_title or err.user_msg
     said = f"{err.message}: {detail}" if detail and detail != err.message else err.message
     return f"Meta answered: {said}"
 
 
 def operator_message(
-    err: GraphError, *, waba_id: str | None = None, action: str = "send events"
+    err: GraphError,
+    *,
+    waba_id: str | None = None,
+    action: str = "send events",
+    retried: bool = True,
 ) -> str:
     """One line for an operator: what failed, what to do, and Meta's code/subcode/fbtrace id.
+    ``retried``: whether waconv tries again by itself (the dispatcher) or the operator must
+    (a command).
 
     Never contains a token: it only uses the error's (already redacted) fields.
     """
     waba = waba_id or "<id>"
     where = f" for WhatsApp Business Account {waba_id}" if waba_id else ""
-    return _one_line(f"cannot {action}{where}: {_advice(err, waba)} {_meta_reference(err)}")
+    return _one_line(
+        f"cannot {action}{where}: {_advice(err, waba, retried)} {_meta_reference(err)}"
+    )
