@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from waconv.config import Settings, load_settings, require
+from waconv.config import Settings, load_settings, require, warn_if_test_events
 from waconv.services import Services
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,7 @@ def create_app(
         # Without these the webhook cannot tell Meta from a forger.
         require(settings, "verify_token", "app_secret")
     configure_logging(settings)
-    if settings.test_event_code:
-        log.warning(
-            "config.test_event_code: WACONV_TEST_EVENT_CODE is set; Meta counts test events "
-            "in Events Manager and for ads measurement, so unset it in production"
-        )
+    warn_if_test_events(settings)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES

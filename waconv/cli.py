@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from waconv.config import ConfigError, Settings, load_settings
+from waconv.config import ConfigError, Settings, load_settings, warn_if_test_events
 from waconv.services import Services
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
 
     from waconv.conversions.dispatcher import Dispatcher
 
-    _, services = settings_and_services()
+    settings, services = settings_and_services()
+    warn_if_test_events(settings)
     dispatcher = Dispatcher(services)
     # What start-up made (modules, app, settings) lives as long as the process: frozen out of
     # the garbage collector's reach, its full collections stop walking it again and again

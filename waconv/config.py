@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite:///instance/waconv.sqlite3"
 DEV_SECRETS_FILE = Path("instance") / "dev-secrets.json"
@@ -196,6 +199,15 @@ def require(s: Settings, *names: str) -> None:
     missing = [env_name(n) for n in names if not getattr(s, n)]
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be set")
+
+
+def warn_if_test_events(s: Settings) -> None:
+    """At the start of every process that serves or sends (the app, ``waconv dispatch``)."""
+    if s.test_event_code:
+        log.warning(
+            "config.test_event_code: WACONV_TEST_EVENT_CODE is set; Meta counts test events "
+            "in Events Manager and for ads measurement, so unset it in production"
+        )
 
 
 def ensure_dev_secrets(path: Path | None = None) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -82,6 +83,22 @@ def test_dispatch_once_sends_and_exits_0(
     assert result.exit_code == 0, result.output
     assert "sent 3, retrying 0, failed 0, expired 0, held 0 in 1 requests" in result.stdout
     assert {r.status for r in conversions(ready)} == {Conversion.SENT}
+
+
+def test_dispatch_warns_at_start_while_a_test_event_code_is_set(
+    waconv: Callable[..., Result],
+    ready: Services,
+    fake_graph: FakeGraph,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # In production the dispatcher is a process of its own: the one that sends test events
+    # must say so, not only the app.
+    monkeypatch.setenv("WACONV_TEST_EVENT_CODE", "TEST12345")
+    caplog.set_level(logging.WARNING)
+    result = waconv("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert any(r.getMessage().startswith("config.test_event_code") for r in caplog.records)
 
 
 def test_dispatch_freezes_what_start_up_made_before_sending(
