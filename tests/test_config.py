@@ -58,8 +58,9 @@ def test_app_refuses_to_start_without_secrets(tmp_path):
 
 def test_dev_secrets_generated_once_and_used(tmp_path):
     path = tmp_path / "instance" / "dev-secrets.json"
-    first = ensure_dev_secrets(path)
-    assert ensure_dev_secrets(path) == first
+    first, generated = ensure_dev_secrets(path)
+    assert generated == ("verify_token", "app_secret", "secret_key")
+    assert ensure_dev_secrets(path) == (first, ())
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     s = load_settings(environ={}, dev_secrets_file=path)
     assert s.app_secret == first["app_secret"]
@@ -68,6 +69,18 @@ def test_dev_secrets_generated_once_and_used(tmp_path):
     s = load_settings(environ={"WACONV_APP_SECRET": "from-env"}, dev_secrets_file=path)
     assert s.app_secret == "from-env"
     assert json.loads(path.read_text())["app_secret"] == first["app_secret"]
+
+
+def test_dev_secrets_missing_from_the_file_are_added_and_the_others_kept(tmp_path):
+    # A file with only some secrets (edited by hand, or older) used to be replaced whole,
+    # changing a verify token Meta's dashboard already had, without printing the new one.
+    path = tmp_path / "instance" / "dev-secrets.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"verify_token": "mine"}))
+    secrets, generated = ensure_dev_secrets(path)
+    assert secrets["verify_token"] == "mine"
+    assert generated == ("app_secret", "secret_key")
+    assert json.loads(path.read_text()) == secrets
 
 
 def test_redacted_hides_secrets(tmp_path):
@@ -94,3 +107,26 @@ def test_a_test_event_code_is_warned_about_at_start(make_app, caplog):
 def test_no_warning_without_a_test_event_code(make_app, caplog):
     make_app()
     assert not any("test_event_code" in r.getMessage() for r in caplog.records)
+
+
+def test_the_dev_server_prints_the_secrets_it_generates_and_only_those(
+    tmp_path, monkeypatch, capsys
+):
+    from waconv.devserver import _dev_secrets_banner
+
+    monkeypatch.chdir(tmp_path)
+    _dev_secrets_banner({})
+    first = capsys.readouterr().out
+    stored = json.loads((tmp_path / "instance" / "dev-secrets.json").read_text())
+    assert stored["verify_token"] in first and stored["app_secret"] in first
+    assert stored["secret_key"] not in first  # it encrypts tokens; nobody needs to type it
+
+    _dev_secrets_banner({})
+    assert capsys.readouterr().out.startswith("Using development secrets from")
+
+    (tmp_path / "instance" / "dev-secrets.json").write_text(json.dumps({"verify_token": "mine"}))
+    _dev_secrets_banner({})
+    partial = capsys.readouterr().out
+    added = json.loads((tmp_path / "instance" / "dev-secrets.json").read_text())
+    assert added["app_secret"] in partial
+    assert "verify token" not in partial  # kept: the dashboard already has it

@@ -30,17 +30,15 @@ def _dev_secrets_banner(env: dict[str, str]) -> None:
     needed = ("WACONV_VERIFY_TOKEN", "WACONV_APP_SECRET", "WACONV_SECRET_KEY")
     if all(env.get(name) for name in needed):
         return
-    fresh = not DEV_SECRETS_FILE.exists()
-    secrets = ensure_dev_secrets()
-    if fresh:
-        # Printed once, when generated; later runs point at the file instead.
-        click.echo(f"Generated development secrets into {DEV_SECRETS_FILE} (kept for next runs):")
-        if not env.get("WACONV_VERIFY_TOKEN"):
-            click.echo(f"  verify token (Meta dashboard > Webhooks): {secrets['verify_token']}")
-        if not env.get("WACONV_APP_SECRET"):
-            click.echo(f"  app secret (signs test deliveries):     {secrets['app_secret']}")
-    else:
+    secrets, generated = ensure_dev_secrets()
+    if not generated:  # printed when generated; later runs point at the file instead
         click.echo(f"Using development secrets from {DEV_SECRETS_FILE}")
+        return
+    click.echo(f"Generated development secrets into {DEV_SECRETS_FILE} (kept for next runs):")
+    if "verify_token" in generated and not env.get("WACONV_VERIFY_TOKEN"):
+        click.echo(f"  verify token (Meta dashboard > Webhooks): {secrets['verify_token']}")
+    if "app_secret" in generated and not env.get("WACONV_APP_SECRET"):
+        click.echo(f"  app secret (signs test deliveries):     {secrets['app_secret']}")
 
 
 def run_dev_server(*, host: str | None, port: int | None, dispatcher: bool) -> None:
