@@ -14,6 +14,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from waconv import create_app
 from waconv.config import DEV_SECRETS_FILE, ensure_dev_secrets, load_settings
+from waconv.webhooks import processor
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def run_dev_server(*, host: str | None, port: int | None, dispatcher: bool) -> N
     _dev_secrets_banner(dict(os.environ))
     settings = load_settings()
     app = create_app(settings=settings)
+    services = app.extensions["waconv"]
     click.echo(f"Webhook URL: http://{host}:{port}/webhook (Meta needs it behind public HTTPS)")
     if not settings.admin_token:
         click.echo("Admin API off: set WACONV_ADMIN_TOKEN to enable /admin/*")
@@ -56,7 +58,7 @@ def run_dev_server(*, host: str | None, port: int | None, dispatcher: bool) -> N
     if dispatcher:
         from waconv.conversions.dispatcher import Dispatcher
 
-        loop = Dispatcher(app.extensions["waconv"])
+        loop = Dispatcher(services)
         worker = threading.Thread(
             target=loop.run_forever, args=(stop,), name="dispatcher", daemon=True
         )
@@ -80,3 +82,5 @@ def run_dev_server(*, host: str | None, port: int | None, dispatcher: bool) -> N
         if worker is not None:
             worker.join(timeout=30)
         server.server_close()
+        processor.stop(services)  # its child finishes its transaction first
+        services.close()

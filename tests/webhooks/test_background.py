@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -199,6 +203,23 @@ def test_an_orphaned_processor_leaves_between_transactions_of_a_backlog(make_app
     answers = iter([True, True])  # run() looks once, drain() once; then the worker is gone
     processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 1, WebhookDelivery.RECEIVED: 4}
+
+
+def test_a_processor_whose_worker_died_before_it_started_stops(make_app):
+    # The child learns its worker's pid from the command line: asking os.getppid() once
+    # started, a child whose worker had died meanwhile got init's pid, took init for its
+    # worker and never stopped (seen after gunicorn was killed right after a first delivery).
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    settings = json.dumps(dataclasses.asdict(services.settings)).encode()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is not this child's parent
+    child = subprocess.run(
+        [sys.executable, "-c", processor.CHILD_COMMAND, str(gone.pid)],
+        input=settings,
+        timeout=60,
+        capture_output=True,
+    )
+    assert child.returncode == 0, child.stderr.decode()[-2000:]
 
 
 def _drain_busy_at(services, monkeypatch, *, stored_at: str, drained_at: str) -> list[float]:

@@ -117,7 +117,11 @@ class Supervisor:
                 if self.stop.wait(0.5):
                     return
             for child in self.children:
-                if child.returncode is not None:
+                if child.returncode == 0:
+                    # Asked to stop (a signal to the process group, say): no fault. When this
+                    # worker is stopping too, its stop comes before the pause ends.
+                    log.info("webhook.processor.stopped pid=%s; starting again", child.pid)
+                elif child.returncode is not None:
                     log.error(
                         "webhook.processor.exited pid=%s code=%s; starting again",
                         child.pid,
@@ -136,7 +140,9 @@ class Supervisor:
 
     def _spawn(self, lock_file: IO[bytes]) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
-            [sys.executable, "-c", CHILD_COMMAND],
+            # The child checks its parent against this pid: one that died before the child
+            # could ask for its parent's pid would otherwise pass for alive, as init.
+            [sys.executable, "-c", CHILD_COMMAND, str(self.pid)],
             stdin=subprocess.PIPE,
             pass_fds=(lock_file.fileno(),),
         )
@@ -157,13 +163,14 @@ def processor_count(services: Services) -> int:
 
 
 def child_main() -> None:
-    """The processor process: ``python -c CHILD_COMMAND``, settings on stdin, lock inherited."""
+    """The processor process: ``python -c CHILD_COMMAND PARENT_PID``, settings on stdin, lock
+    inherited. It stops when its parent is no longer PARENT_PID's process (orphaned)."""
     from waconv.logs import configure_logging
 
     values = json.load(sys.stdin)
     settings = Settings(**{**values, "dev_secrets": tuple(values["dev_secrets"])})
     configure_logging(settings)
-    parent = os.getppid()
+    parent = int(sys.argv[1])
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
