@@ -69,3 +69,25 @@ def test_metrics_is_prometheus_text(client, post_webhook):
     assert _deliveries(after, "stored") == _deliveries(before, "stored") + 1
     assert _deliveries(after, "bad_signature") == _deliveries(before, "bad_signature") + 1
     assert [s.value for s in after["waconv_outbox_queue_depth"].samples] == [0.0]
+
+
+def test_readyz_is_503_until_the_database_is_migrated(make_app, tmp_path):
+    from waconv.db import make_engine
+    from waconv.schema import downgrade, upgrade
+
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    client = make_app(database_url=url).test_client()
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert "waconv db upgrade" in r.json["reason"]
+
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        assert client.get("/readyz").status_code == 200
+        downgrade(engine, "-1")  # a code newer than its database
+        r = client.get("/readyz")
+        assert r.status_code == 503
+        assert "this code needs" in r.json["reason"]
+    finally:
+        engine.dispose()
