@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask
 from freezegun.api import FrozenDateTimeFactory
+from sqlalchemy import update
 
 from tests.conftest import WABA_ID
 from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one, one, setup_account
@@ -108,7 +109,24 @@ def test_an_event_that_became_stale_while_pending_expires_unsent(
     for row in conversions(ready):
         assert row.status == Conversion.EXPIRED
         assert row.last_error is not None
-        assert row.last_error.startswith("expired: not delivered before Meta's 7-day limit")
+        # Never tried: no "previous error" to look for.
+        assert row.last_error.startswith("expired: never sent: Meta's 7-day limit")
+        assert "previous error" not in row.last_error
+
+
+def test_an_event_tried_before_it_became_stale_points_at_its_previous_error(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    enqueue_many(ready, 1)
+    with ready.db.transaction() as session:
+        session.execute(update(Conversion).values(attempts=2, last_error="will retry: ..."))
+    freezer.tick(MAX_EVENT_AGE)
+
+    assert Dispatcher(ready).run_once().expired == 1
+    (row,) = conversions(ready)
+    assert row.last_error is not None
+    assert row.last_error.startswith("expired: not delivered before Meta's 7-day limit")
+    assert "previous error" in row.last_error
 
 
 def test_stale_events_in_a_lapsed_lease_expire(

@@ -58,6 +58,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     exists,
     func,
@@ -291,6 +292,21 @@ def _claim_rows(result: list[tuple[Any, ...]]) -> list[Row]:
     ]
 
 
+# Why the sweep expired an event: one Meta answered had failed before; one never tried was
+# queued, held or backed off until the limit (or queued within a minute of it).
+_STALE_REASON = case(
+    (
+        Conversion.attempts > 0,
+        "expired: not delivered before Meta's 7-day limit on event_time (see the previous "
+        "error in the logs and metrics)",
+    ),
+    else_=(
+        "expired: never sent: Meta's 7-day limit on event_time (less a minute for sending) "
+        "passed while it waited (queued too close to the limit, or its account held or paused)"
+    ),
+)
+
+
 def _due(now: datetime) -> Any:
     # ``status = 'pending'``, as the partial due indexes say it: SQLite's planner uses them
     # only for a query that repeats their condition (an IN list would not do).
@@ -426,13 +442,7 @@ class Dispatcher:
             result = session.execute(
                 update(Conversion)
                 .where(_due(now), Conversion.event_time < send_limit(now), which)
-                .values(
-                    status=Conversion.EXPIRED,
-                    last_error=(
-                        "expired: not delivered before Meta's 7-day limit on event_time "
-                        "(see the previous error in the logs and metrics)"
-                    ),
-                )
+                .values(status=Conversion.EXPIRED, last_error=_STALE_REASON)
                 .execution_options(synchronize_session=False)
             )
         expired = _counted(_rowcount(result), "expired")
