@@ -101,7 +101,7 @@ SEND_MARGIN = timedelta(minutes=1)
 HOLD_DELAY = timedelta(seconds=60)
 IDLE_POLL_SECONDS = 1.0  # the contract: idle, look for due events at least once a second
 # The sweep that marks stale events `expired` scans every due event; claims skip stale events
-# anyway, so the sweep runs at the start of each run_once and then at most this often.
+# anyway, so the sweep runs in the first step of each run_once and then at most this often.
 EXPIRE_SWEEP_SECONDS = 10.0
 # One account's turn of back-to-back batches within a step: then the other accounts get theirs,
 # and a stop request or a run's deadline is seen at least this often.
@@ -407,19 +407,20 @@ class Dispatcher:
         log.info("dispatcher.stopped")
 
     def step(self) -> DispatchStats:
-        """One pass: expire what can no longer be sent, then one batch per account with due
-        events."""
+        """One pass: each account with due events gets its turn, then what can no longer be
+        sent expires. The sweep scans every due event, so it comes after the turns, when
+        only what could not be sent is left (claims skip stale events meanwhile)."""
         stats = DispatchStats()
-        clock = time.monotonic()
-        if self._swept_at is None or clock - self._swept_at >= EXPIRE_SWEEP_SECONDS:
-            stats.expired += self._expire_stale()
-            self._swept_at = clock
         for waba_id in self._accounts_with_due_events():
             try:
                 stats.add(self._dispatch_account(waba_id))
             except Exception as exc:  # one account's trouble must not starve the others
                 log.exception("dispatcher.account_failed waba_id=%s", waba_id)
                 stats.errors.append(exc)
+        clock = time.monotonic()
+        if self._swept_at is None or clock - self._swept_at >= EXPIRE_SWEEP_SECONDS:
+            stats.expired += self._expire_stale()
+            self._swept_at = clock
         return stats
 
     # -- state changes --------------------------------------------------------------------------
@@ -708,10 +709,17 @@ class Dispatcher:
         return new or creds
 
     def _hold(self, session: Session, waba_id: str, reason: str) -> int:
+        """Put the account's due events off, with the reason; not those too old to send,
+        which stay due for the sweep that follows the turns to expire (held again and again,
+        they would never be due at a sweep)."""
         now = utcnow()
         result = session.execute(
             update(Conversion)
-            .where(Conversion.waba_id == waba_id, _due(now))
+            .where(
+                Conversion.waba_id == waba_id,
+                _due(now),
+                Conversion.event_time >= send_limit(now),
+            )
             .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
             .execution_options(synchronize_session=False)
         )
