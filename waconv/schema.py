@@ -14,9 +14,14 @@ from sqlalchemy.engine import Connection, Engine
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def alembic_config(engine: Engine) -> Config:
+def _migrations_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = _migrations_config()
     cfg.attributes["engine"] = engine
     return cfg
 
@@ -46,9 +51,7 @@ def check(engine: Engine) -> None:
 @functools.cache
 def _revisions() -> tuple[str, tuple[str, ...]]:
     """The head of the migrations shipped with this code, and every revision they know."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    script = ScriptDirectory.from_config(cfg)
+    script = ScriptDirectory.from_config(_migrations_config())
     head = script.get_current_head()
     assert head is not None, "migrations/ has one head"
     return head, tuple(r.revision for r in script.walk_revisions())
@@ -61,8 +64,8 @@ def behind(conn: Connection) -> str | None:
     head, known = _revisions()
     try:
         current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except Exception:  # no such table: never migrated
-        return "the database was never migrated: run `waconv db upgrade`"
+    except Exception:  # no such table
+        current = None
     if current is None:
         return "the database was never migrated: run `waconv db upgrade`"
     if current != head and current in known:
