@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from bench import common
@@ -154,7 +155,7 @@ def _end_to_end(waconv: dict[str, Any], pywa: dict[str, Any]) -> str:
     return f"{rate:,.0f}/s = {ratio:.2f}x pywa (last processed {after:.1f} s after the last 200)"
 
 
-def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
+def _dispatch_section(dispatch: dict[str, Any], cores: int) -> list[str]:
     from bench.dispatch import (
         DispatchResults,
         DispatchRun,
@@ -215,6 +216,22 @@ def _dispatch_section(dispatch: dict[str, Any]) -> list[str]:
             + " | ".join(cpu_per_thousand(p, run) for p in parts)
             + f" | {cpu_per_thousand(total, run)} |"
         )
+    plain_rate = median_rate(results, "plain")
+    ceilings = []
+    for backend in ("sqlite", "postgresql"):
+        run = median_run(results, "waconv", backend)
+        if run is None or run.cpu_s is None or not plain_rate:
+            continue
+        per_event = sum(p for p in (run.cpu_s, run.fake_cpu_s, run.db_cpu_s) if p) / run.events
+        ceiling = cores / per_event
+        ceilings.append(f"{backend} {ceiling:,.0f} events/s ({ceiling / plain_rate:.2f}x plain)")
+    if ceilings:
+        out += [
+            "",
+            f"What that CPU allows: with all {cores} cores busy all the time on nothing but "
+            f"these processes, waconv's median round could at best have run at "
+            f"{' and '.join(ceilings)}.",
+        ]
     out += [
         "",
         "### Dispatch against the targets",
@@ -320,7 +337,8 @@ def write(data: dict[str, Any], commands: list[str]) -> None:
     if "ingest" in data:
         lines += _ingest_section(data["ingest"])
     if "dispatch" in data:
-        lines += _dispatch_section(data["dispatch"])
+        cores = int((machine or {}).get("nproc") or os.cpu_count() or 1)
+        lines += _dispatch_section(data["dispatch"], cores)
     if PROFILE_MD.exists():
         # Written by hand after reading a profile; it names the run it comes from.
         lines += [PROFILE_MD.read_text().strip(), ""]
