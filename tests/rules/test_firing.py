@@ -194,6 +194,48 @@ def test_a_new_click_fires_again(chat: Chat) -> None:
     assert len({c.conversation_id for c in fired}) == 1
 
 
+def test_a_message_processed_after_a_newer_click_fires_under_the_click_of_its_time(
+    chat: Chat,
+) -> None:
+    # Meta does not promise order. A message written under the first click but processed
+    # after a second one belongs to the first: under the second it would be dated before
+    # the click it credits, and would use up that click's `once`.
+    _clicked(chat)  # CLICK_ID at TS - 60
+    chat.send(p.message(ts=TS + 100, ref=p.referral(ctwa_clid="CLICK-2"), text={"body": "hi"}))
+    chat.send(p.text("price?", ts=TS))  # written before CLICK-2, delivered after it
+    chat.send(p.text("and the price now?", ts=TS + 200))
+    fired = chat.conversions()
+    assert [(c.ctwa_clid, c.event_time) for c in fired] == [
+        (p.CLICK_ID, from_unix(TS)),
+        ("CLICK-2", from_unix(TS + 200)),
+    ]
+
+
+def test_a_message_older_than_every_click_fires_nothing(chat: Chat) -> None:
+    _clicked(chat, ts=TS)
+    chat.send(p.text("price?", ts=TS - 30))  # written before the click, delivered after it
+    assert chat.conversions() == []
+
+
+def test_a_late_status_ad_referral_does_not_replace_a_newer_one(chat: Chat) -> None:
+    # Status ads carry no ctwa_clid: the conversation keeps the latest such ad with its time.
+    newer = p.referral(ctwa_clid=None, source_id="STATUS-NEW")
+    older = p.referral(ctwa_clid=None, source_id="STATUS-OLD")
+    chat.send(p.message(ts=TS, ref=newer, text={"body": "hi"}))
+    chat.send(p.message(ts=TS - 100, ref=older, text={"body": "hello"}))
+    conversation = one(chat.services, Conversation)
+    assert conversation.referral["source_id"] == "STATUS-NEW"
+    assert conversation.clicked_at == from_unix(TS)
+    chat.send(
+        p.message(ts=TS + 100, ref=p.referral(ctwa_clid=None, source_id="S3"), text={"body": "x"})
+    )
+    conversation = one(chat.services, Conversation)
+    assert (conversation.referral["source_id"], conversation.clicked_at) == (
+        "S3",
+        from_unix(TS + 100),
+    )
+
+
 @pytest.mark.parametrize(
     "build",
     [
@@ -334,6 +376,16 @@ def test_a_redelivered_message_fires_nothing_new(chat_with: Callable[[str], Chat
     assert chat.send(msg).json["status"] == "duplicate"
     assert chat.post(p.delivery(msg, p.text("unrelated", ts=TS + 5))).json["status"] == "stored"
     assert one(chat.services, Conversion).event_id == first.event_id
+
+
+def test_a_redelivery_with_other_sender_ids_creates_no_conversation(chat: Chat) -> None:
+    # The same message id again, its sender now given by BSUID only (bytes differ, so the
+    # webhook stores it as a new delivery): no second conversation, no second click.
+    first = p.message(ts=TS, ref=p.referral(), text={"body": "hi"})
+    chat.send(first)
+    again = {k: v for k, v in first.items() if k != "from"} | {"from_user_id": "US.777"}
+    chat.send(again, contacts=[{"user_id": "US.777", "profile": {"name": "Kerry"}}])
+    assert count(chat.services, Conversation) == 1
 
 
 def test_a_message_older_than_7_days_records_an_expired_conversion(chat: Chat) -> None:

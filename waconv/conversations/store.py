@@ -108,11 +108,20 @@ def resolve_conversation(
     profile_name: str | None = None,
     username: str | None = None,
     first_state: dict[str, Any] | None = None,
-) -> Conversation:
+    message_wamid: str | None = None,
+) -> Conversation | None:
     """Get or create the conversation; fill in an identifier learnt later. A conversation
-    created here starts with ``first_state`` (see ``first_message_state``)."""
+    created here starts with ``first_state`` (see ``first_message_state``).
+
+    None, and nothing created, when ``message_wamid`` (the message being processed) is
+    stored already: a redelivery in other bytes, whose sender ids may differ (a BSUID added
+    since), must not make a second conversation out of the same message."""
     conversation = _find(session, phone_number_id, wa_id, user_id)
     if conversation is None:
+        if message_wamid is not None and session.scalar(
+            select(Message.id).where(Message.wamid == message_wamid)
+        ):
+            return None
         values = {
             **(first_state or {}),
             "waba_id": waba_id,
@@ -233,9 +242,33 @@ def record_click(
             conversation.ctwa_clid = clid
             conversation.referral = ad
             conversation.clicked_at = at
-    elif conversation.ctwa_clid is None:
+    elif conversation.ctwa_clid is None and (
+        conversation.clicked_at is None or at >= conversation.clicked_at
+    ):
+        # The ad and its time describe the same referral: the latest one.
         conversation.referral = ad
-        conversation.clicked_at = conversation.clicked_at or at
+        conversation.clicked_at = at
+
+
+def click_at(session: Session, conversation: Conversation, at: datetime) -> str | None:
+    """The ad click in effect when the customer acted at ``at``: the conversation's click,
+    unless that came later (Meta does not promise order: a message can be processed after a
+    newer click), then the latest earlier click of its history; None before any click."""
+    if conversation.ctwa_clid is None:
+        return None  # no click id was ever seen (record_click sets the first one)
+    if conversation.clicked_at is None or conversation.clicked_at <= at:
+        return conversation.ctwa_clid
+    earlier: str | None = session.scalar(
+        select(Click.ctwa_clid)
+        .where(
+            Click.conversation_id == conversation.id,
+            Click.ctwa_clid.is_not(None),
+            Click.clicked_at <= at,
+        )
+        .order_by(Click.clicked_at.desc(), Click.id.desc())
+        .limit(1)
+    )
+    return earlier
 
 
 def change_number(session: Session, conversation: Conversation, new_wa_id: str) -> bool:

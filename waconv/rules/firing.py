@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from waconv.clock import utcnow
+from waconv.conversations import store
 from waconv.conversions.events import (
     InvalidConversion,
     automatic_event_custom_data,
@@ -127,8 +128,9 @@ def fire_message_rules(
     timestamp: datetime,
     message: dict[str, Any],
 ) -> list[str]:
-    """Rules with ``on = "message"`` or ``on = "order"``; only for conversations with a click."""
-    clid = conversation.ctwa_clid
+    """Rules with ``on = "message"`` or ``on = "order"``; only for conversations with a click,
+    under the click in effect at the message's time."""
+    clid = store.click_at(session, conversation, timestamp)
     if clid is None:
         return []
     matched = [r for r in rules.for_trigger(trigger) if r.matches(text, message_type)]
@@ -156,7 +158,7 @@ def fire_automatic_event(
     event: dict[str, Any],
 ) -> list[str]:
     """Meta-detected purchases and leads, forwarded only when a rule asks for them."""
-    clid = ctwa_clid or (conversation.ctwa_clid if conversation else None)
+    clid = ctwa_clid or (store.click_at(session, conversation, timestamp) if conversation else None)
     if clid is None:
         return []
     matched = [r for r in rules.for_trigger("automatic_event") if r.matches(event_name, None)]

@@ -322,7 +322,10 @@ def _process_message(
         username=_clip(profile.get("username"), NAME_MAX)
         or _clip(contact.get("username"), NAME_MAX),
         first_state=store.first_message_state(timestamp, referral),
+        message_wamid=wamid,
     )
+    if conversation is None:
+        return  # seen before, from other sender ids: a redelivery takes no second effect
     text = message_text(msg)
     message_id = insert_or_ignore(
         ctx.session,
