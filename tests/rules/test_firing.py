@@ -217,6 +217,41 @@ def test_a_message_older_than_every_click_fires_nothing(chat: Chat) -> None:
     assert chat.conversions() == []
 
 
+def test_a_message_processed_before_its_click_fires_once_the_click_arrives(chat: Chat) -> None:
+    # The follow-up is processed first (no click known), then the click message written
+    # before it: the follow-up's rule fires then, under that click, at its own time.
+    chat.send(p.text("what's the price?", ts=TS + 10))
+    assert chat.conversions() == []
+    chat.send(p.message(ts=TS, ref=p.referral(), text={"body": "hi"}))
+    fired = chat.conversions()
+    assert [(c.ctwa_clid, c.event_time) for c in fired] == [(p.CLICK_ID, from_unix(TS + 10))]
+    # Processing the same again fires nothing more (once per click).
+    chat.send(p.text("price, again?", ts=TS + 20))
+    assert len(chat.conversions()) == 1
+
+
+def test_in_one_delivery_a_follow_up_listed_before_its_click_fires(chat: Chat) -> None:
+    follow_up = p.text("I want to buy", ts=TS + 10)
+    click = p.message(ts=TS, ref=p.referral(), text={"body": "hi"})
+    chat.send(follow_up, click)
+    assert [(c.ctwa_clid, c.event_time) for c in chat.conversions()] == [
+        (p.CLICK_ID, from_unix(TS + 10))
+    ]
+
+
+def test_a_late_click_does_not_credit_messages_an_earlier_click_covered(
+    chat_with: Callable[[str], Chat],
+) -> None:
+    chat = chat_with(EVERY_PRICE_QUESTION)
+    _clicked(chat, ts=TS)  # CLICK_ID at TS
+    chat.send(p.text("price?", ts=TS + 50))  # fires under CLICK_ID
+    chat.send(p.text("price now?", ts=TS - 20))  # before every click: nothing yet
+    # A click older than both arrives last: it covers the message before CLICK_ID only.
+    chat.send(p.message(ts=TS - 30, ref=p.referral(ctwa_clid="CLICK-0"), text={"body": "hey"}))
+    fired = sorted((c.event_time, c.ctwa_clid) for c in chat.conversions())
+    assert fired == [(from_unix(TS - 20), "CLICK-0"), (from_unix(TS + 50), p.CLICK_ID)]
+
+
 def test_a_late_status_ad_referral_does_not_replace_a_newer_one(chat: Chat) -> None:
     # Status ads carry no ctwa_clid: the conversation keeps the latest such ad with its time.
     newer = p.referral(ctwa_clid=None, source_id="STATUS-NEW")

@@ -11,7 +11,7 @@ from collections.abc import Set
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from waconv.clock import isoformat
@@ -179,7 +179,10 @@ def _ad(referral: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _click_id(referral: dict[str, Any]) -> str | None:
+def click_id(referral: dict[str, Any] | None) -> str | None:
+    """The referral's ctwa_clid, if it has a usable one."""
+    if referral is None:
+        return None
     clid = referral.get("ctwa_clid")
     if not isinstance(clid, str) or len(clid) > CLICK_ID:
         return None  # not a click id Meta issued, and no column could hold it
@@ -192,7 +195,7 @@ def first_message_state(at: datetime, referral: dict[str, Any] | None) -> dict[s
     follows (one statement fewer for a CTWA delivery from a new user, the usual one)."""
     state: dict[str, Any] = {"first_message_at": at, "last_message_at": at}
     if referral is not None:
-        state.update(referral=_ad(referral), clicked_at=at, ctwa_clid=_click_id(referral))
+        state.update(referral=_ad(referral), clicked_at=at, ctwa_clid=click_id(referral))
     return state
 
 
@@ -218,8 +221,8 @@ def record_click(
     never erases a click the conversation already has.
     """
     ad = _ad(referral)
-    clid = _click_id(referral)
-    click_id = insert_or_ignore(
+    clid = click_id(referral)
+    row_id = insert_or_ignore(
         session,
         Click,
         {
@@ -231,7 +234,7 @@ def record_click(
             "clicked_at": at,
         },
     )
-    if click_id is None:
+    if row_id is None:
         return
     if clid:
         if (
@@ -269,6 +272,33 @@ def click_at(session: Session, conversation: Conversation, at: datetime) -> str 
         .limit(1)
     )
     return earlier
+
+
+def messages_without_a_click(
+    session: Session, conversation: Conversation, clicked_at: datetime, wamid: str
+) -> list[Message]:
+    """The conversation's messages written at or after ``clicked_at`` (the click of message
+    ``wamid``, just recorded) that were processed with no click id in effect for their time:
+    those before the earliest other click. Meta does not promise order, so a follow-up can
+    be processed before the click message; rules are fired for them once the click arrives.
+    Messages that saw another click keep what they fired (a message is credited once)."""
+    earliest = session.scalar(
+        select(func.min(Click.clicked_at)).where(
+            Click.conversation_id == conversation.id,
+            Click.ctwa_clid.is_not(None),
+            Click.message_wamid != wamid,
+        )
+    )
+    query = select(Message).where(
+        Message.conversation_id == conversation.id,
+        Message.timestamp >= clicked_at,
+        Message.wamid != wamid,
+    )
+    if earliest is not None:
+        if earliest <= clicked_at:
+            return []  # an earlier click covered them all
+        query = query.where(Message.timestamp < earliest)
+    return list(session.scalars(query.order_by(Message.timestamp, Message.id)))
 
 
 def change_number(session: Session, conversation: Conversation, new_wa_id: str) -> bool:

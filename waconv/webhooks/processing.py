@@ -360,21 +360,43 @@ def _process_message(
         )
     ctx.session.flush()
 
+    if (
+        store.click_id(referral) is not None
+        and conversation.last_message_at is not None
+        and conversation.last_message_at > timestamp
+    ):
+        # A click that arrived after messages written since: those that saw no click
+        # when they were processed are looked at again, under this one.
+        for earlier in store.messages_without_a_click(ctx.session, conversation, timestamp, wamid):
+            _fire_rules(
+                ctx,
+                conversation,
+                earlier.wamid,
+                earlier.type,
+                earlier.text,
+                earlier.timestamp,
+                earlier.payload if isinstance(earlier.payload, dict) else {},
+            )
+    _fire_rules(ctx, conversation, wamid, kind, text, timestamp, msg)
+
+
+def _fire_rules(
+    ctx: ChangeContext,
+    conversation: Conversation,
+    wamid: str,
+    kind: str,
+    text: str | None,
+    timestamp: datetime,
+    msg: dict[str, Any],
+) -> None:
     trigger = "order" if kind == "order" else "message" if kind in MESSAGE_TRIGGER_TYPES else None
-    if trigger is not None:
-        refusals = fire_message_rules(
-            ctx.session,
-            ctx.services.rules,
-            conversation,
-            trigger,
-            wamid,
-            kind,
-            text,
-            timestamp,
-            msg,
-        )
-        for refusal in refusals:
-            ctx.notice("rule_refused", msg, message=refusal)
+    if trigger is None:
+        return
+    refusals = fire_message_rules(
+        ctx.session, ctx.services.rules, conversation, trigger, wamid, kind, text, timestamp, msg
+    )
+    for refusal in refusals:
+        ctx.notice("rule_refused", msg, message=refusal)
 
 
 KNOWN_MESSAGE_TYPES = frozenset(
