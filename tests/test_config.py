@@ -42,6 +42,10 @@ def test_environment_read(tmp_path):
         ({"WACONV_WABA_ID": "abc"}, "WACONV_WABA_ID"),
         ({"WACONV_APPSECRET_PROOF": "maybe"}, "WACONV_APPSECRET_PROOF"),
         ({"WACONV_LEASE_SECONDS": "120"}, "WACONV_LEASE_SECONDS"),
+        # A request longer than a lease can be would keep a dead dispatcher's events waiting
+        # past the contract's 60 s (its lease is stretched to outlast the request).
+        ({"WACONV_GRAPH_TIMEOUT_SECONDS": "120"}, "WACONV_GRAPH_TIMEOUT_SECONDS"),
+        ({"WACONV_GRAPH_TIMEOUT_SECONDS": "0"}, "WACONV_GRAPH_TIMEOUT_SECONDS"),
         ({"WACONV_WEBHOOK_PROCESSING": "later"}, "WACONV_WEBHOOK_PROCESSING"),
     ],
 )

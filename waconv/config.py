@@ -25,6 +25,11 @@ DEV_SECRET_NAMES = ("verify_token", "app_secret", "secret_key")
 
 
 MAX_LEASE_SECONDS = 60  # the contract: leased events of a dead dispatcher due within 60 s
+# Before each Graph request a dispatcher makes its lease outlast the request's timeout by this
+# much (waconv.conversions.dispatcher): a timeout longer than the lease's maximum less this
+# would stretch a lease past 60 s, and a dead dispatcher's events would wait longer.
+LEASE_SLACK_SECONDS = 5
+MAX_GRAPH_TIMEOUT_SECONDS = MAX_LEASE_SECONDS - LEASE_SLACK_SECONDS
 WEBHOOK_PROCESSING_MODES = ("background", "inline")
 
 
@@ -180,8 +185,12 @@ def validate(s: Settings) -> None:
         raise ConfigError("WACONV_RETRY_BASE_SECONDS must be greater than 0")
     if not 1 <= s.lease_seconds <= MAX_LEASE_SECONDS:
         raise ConfigError(f"WACONV_LEASE_SECONDS must be between 1 and {MAX_LEASE_SECONDS}")
-    if s.graph_timeout_seconds <= 0:
-        raise ConfigError("WACONV_GRAPH_TIMEOUT_SECONDS must be greater than 0")
+    if not 0 < s.graph_timeout_seconds <= MAX_GRAPH_TIMEOUT_SECONDS:
+        raise ConfigError(
+            f"WACONV_GRAPH_TIMEOUT_SECONDS must be greater than 0 and at most "
+            f"{MAX_GRAPH_TIMEOUT_SECONDS}: a request must fit in a dispatcher's lease of at most "
+            f"{MAX_LEASE_SECONDS} s, so that a dead dispatcher's events are due again within it"
+        )
     if s.webhook_processing not in WEBHOOK_PROCESSING_MODES:
         raise ConfigError(
             f"WACONV_WEBHOOK_PROCESSING must be background or inline, not {s.webhook_processing!r}"

@@ -72,7 +72,7 @@ from sqlalchemy.orm import Session
 from waconv.accounts import registry
 from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
 from waconv.clock import utcnow
-from waconv.config import ConfigError
+from waconv.config import LEASE_SLACK_SECONDS, ConfigError
 from waconv.conversions.events import MAX_EVENT_AGE, build_meta_event
 from waconv.db import from_driver_time, time_binder
 from waconv.graph.client import GraphClient
@@ -89,7 +89,7 @@ MAX_BATCH = 1000  # Meta rejects requests with more events
 LEASE = timedelta(seconds=60)
 # Before each request the lease must outlast the request timeout by this much, else it is
 # extended first (a long split makes many requests under one claim).
-LEASE_SLACK = timedelta(seconds=5)
+LEASE_SLACK = timedelta(seconds=LEASE_SLACK_SECONDS)
 MAX_BACKOFF = timedelta(minutes=15)
 # A WABA whose dataset could not be created automatically is tried again this often (a
 # transient Graph failure must not hold its events until an operator steps in).
