@@ -221,6 +221,27 @@ def test_dispatch_forever_stops_at_once_when_idle(
     assert time.monotonic() - began < 2.0
 
 
+def test_a_stop_request_sends_no_batch_after_the_one_in_flight(
+    ready: Services, fake_graph: FakeGraph
+) -> None:
+    # The contract: on SIGTERM the batch in flight is finished first, and nothing after it.
+    # The next batch, read while the first was on the wire, stays pending.
+    enqueue_many(ready, 6)
+    fake_graph.fail_next(1, "timeout", delay=1.0, accept=True)
+    stop = threading.Event()
+    worker = threading.Thread(target=Dispatcher(ready, batch_size=2).run_forever, args=(stop,))
+    worker.start()
+    poll(lambda: len(fake_graph.events_requests()) == 1, SEND_SECONDS)
+    stop.set()
+    worker.join(STOP_SECONDS)
+    assert not worker.is_alive()
+    assert len(fake_graph.events_requests()) == 1
+    assert (
+        sorted(r.status for r in conversions(ready))
+        == [Conversion.PENDING] * 4 + [Conversion.SENT] * 2
+    )
+
+
 def test_run_forever_keeps_going_after_a_failed_step(
     ready: Services, fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -602,6 +602,10 @@ class Dispatcher:
                                 return
                         else:
                             answered = sent_rows
+                    if queued is not None and self._stop is not None and self._stop.is_set():
+                        # Stopping: the batch in flight was the last. This one was only
+                        # read; it stays pending for the next dispatcher.
+                        queued = None
                     if queued is not None:
                         next_claim, next_rows = queued
                         queued = None
