@@ -410,3 +410,20 @@ def test_one_accounts_crash_does_not_starve_the_others(
     assert {r.status for r in conversions(ready, Conversion.waba_id == crashing)} == {
         Conversion.PENDING
     }
+
+
+def test_an_app_that_requires_appsecret_proof_pauses_the_account_instead_of_failing_events(
+    freezer: FrozenDateTimeFactory, ready: Services, fake_graph: FakeGraph
+) -> None:
+    # Meta answers 100 naming a parameter of the request: split down, every event would have
+    # failed alone (2N - 1 requests, N events to retry by hand) for a configuration mistake.
+    enqueue_many(ready, 6)
+    fake_graph.app_secret = "the-app-requires-a-proof"
+
+    stats = Dispatcher(ready).run_once()
+
+    assert (stats.sent, stats.failed, stats.held, stats.requests) == (0, 0, 6, 1)
+    assert account(ready).status == Account.PAUSED
+    assert_waiting(ready, code=100)
+    (row, *_) = conversions(ready)
+    assert row.last_error is not None and "WACONV_APPSECRET_PROOF" in row.last_error

@@ -67,6 +67,23 @@ def meta(status: int, code: int | None, subcode: int | None = None, **extra: Any
         pytest.param(meta(400, 100, 2804050), INVALID, id="100-2804050"),
         pytest.param(meta(400, 100, 2804003), INVALID, id="event-time-2804003"),
         pytest.param(meta(400, 100), INVALID, id="100-no-subcode"),
+        # 100 about the request itself, not an event: the configuration (held)
+        pytest.param(
+            GraphError(
+                "API calls from the server require an appsecret_proof argument",
+                http_status=400,
+                code=100,
+            ),
+            ACCOUNT,
+            id="100-appsecret-proof-required",
+        ),
+        pytest.param(
+            GraphError(
+                "Invalid parameter", http_status=400, code=100, user_msg="bad partner_agent"
+            ),
+            ACCOUNT,
+            id="100-partner-agent",
+        ),
         pytest.param(meta(400, 2500), ACCOUNT, id="unknown-path-2500"),
         pytest.param(meta(400, 803), ACCOUNT, id="unknown-alias-803"),
         pytest.param(meta(404, None), ACCOUNT, id="4xx-not-graph"),

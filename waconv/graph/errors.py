@@ -207,6 +207,16 @@ def is_rate_limit(err: GraphError) -> bool:
     )
 
 
+# Parameters of an events request that are not events: Meta names them in a code 100 about
+# the request itself.
+REQUEST_PARAMETERS = ("appsecret_proof", "partner_agent", "test_event_code", "access_token")
+
+
+def names_a_request_parameter(err: GraphError) -> bool:
+    text = f"{err.message} {err.user_msg or ''}".lower()
+    return err.code == INVALID_PARAMETER_CODE and any(name in text for name in REQUEST_PARAMETERS)
+
+
 def _status_between(err: GraphError, low: int, high: int) -> bool:
     return err.http_status is not None and low <= err.http_status <= high
 
@@ -237,6 +247,10 @@ CLASSIFICATION: tuple[Rule, ...] = (
         lambda e: e.code == INVALID_PARAMETER_CODE and e.subcode in ACCOUNT_SUBCODES_OF_100,
         ACCOUNT,
     ),
+    # 100 naming a parameter of the request, not of an event (an app that requires
+    # appsecret_proof, a bad partner_agent or test_event_code): split down, every event would
+    # fail alone for the configuration's sake. The account waits for the fix instead.
+    Rule("request-parameter", names_a_request_parameter, ACCOUNT),
     # 100 with any other subcode (2804066 event name, 2804087 ctwa_clid, 2804003 event_time ...)
     # or none, whatever the HTTP status: the whole batch was rejected because of its content
     # (never retried, gotcha 16).
@@ -323,6 +337,13 @@ def _advice(err: GraphError, waba: str, retried: bool) -> str:
         return (
             f"the dataset is not linked to WhatsApp Business Account {waba}: run "
             f"`waconv provision-dataset --waba-id {waba}`"
+        )
+    if names_a_request_parameter(err):
+        return (
+            f"Meta refused a parameter of the request, not an event ({err.message}); events "
+            "are held until it is fixed: WACONV_APPSECRET_PROOF=true if the app requires "
+            "appsecret_proof (with WACONV_APP_SECRET), else check WACONV_PARTNER_AGENT and "
+            "WACONV_TEST_EVENT_CODE"
         )
     if code == INVALID_PARAMETER_CODE and subcode == SUBCODE_INVALID_EVENT_NAME:
         names = ", ".join(sorted(BUSINESS_MESSAGING_EVENT_NAMES))
