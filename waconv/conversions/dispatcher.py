@@ -10,7 +10,8 @@ read and one write:
    previous claim's last: those are in flight or recorded);
 2. send, with no transaction open;
 3. record the outcome (short transaction) on the rows still ``pending``; ``attempts`` counts
-   the attempts whose outcome Meta gave.
+   the attempts whose outcome was recorded (Meta's answer, or a network failure), not one cut
+   short by a dispatcher's death nor one refused for an account problem.
 
 Several dispatchers share the accounts; a dispatcher that dies loses its accounts when their
 lease lapses (``WACONV_LEASE_SECONDS``), and their events, still ``pending``, go again under the
