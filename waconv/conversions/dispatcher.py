@@ -427,7 +427,8 @@ class Dispatcher:
     # -- state changes --------------------------------------------------------------------------
 
     def _expire_stale(self, lease: AccountLease | None = None) -> int:
-        """Mark expired the due events too old to send: of every account no dispatcher holds
+        """Mark expired the pending events too old to send, due or waiting (held, backing
+        off: their next attempt could not be sent either): of every account no dispatcher holds
         (an event of a batch in flight may be just this side of the limit), or, with
         ``lease``, of the account this dispatcher holds, before its first claim of a turn
         (accounts that dispatchers take in turn might never be free at anyone's sweep)."""
@@ -443,7 +444,11 @@ class Dispatcher:
                 which = Conversion.waba_id == lease.waba_id
             result = session.execute(
                 update(Conversion)
-                .where(_due(now), Conversion.event_time < send_limit(now), which)
+                .where(
+                    Conversion.status == Conversion.PENDING,
+                    Conversion.event_time < send_limit(now),
+                    which,
+                )
                 .values(status=Conversion.EXPIRED, last_error=_STALE_REASON)
                 .execution_options(synchronize_session=False)
             )
@@ -560,7 +565,11 @@ class Dispatcher:
         now = time.monotonic()
         if now >= turn_ends or (self._deadline is not None and now > self._deadline):
             return False
-        return self._stop is None or not self._stop.is_set()
+        return not self._stopping()
+
+    def _stopping(self) -> bool:
+        """run_forever was asked to stop."""
+        return self._stop is not None and self._stop.is_set()
 
     def _pipeline(
         self, creds: Credentials, claimed: Claimed, rows: list[Row], stats: DispatchStats
@@ -603,7 +612,7 @@ class Dispatcher:
                                 return
                         else:
                             answered = sent_rows
-                    if queued is not None and self._stop is not None and self._stop.is_set():
+                    if queued is not None and self._stopping():
                         # Stopping: the batch in flight was the last. This one was only
                         # read; it stays pending for the next dispatcher.
                         queued = None
@@ -714,17 +723,10 @@ class Dispatcher:
         return new or creds
 
     def _hold(self, session: Session, waba_id: str, reason: str) -> int:
-        """Put the account's due events off, with the reason; not those too old to send,
-        which stay due for the sweep that follows the turns to expire (held again and again,
-        they would never be due at a sweep)."""
         now = utcnow()
         result = session.execute(
             update(Conversion)
-            .where(
-                Conversion.waba_id == waba_id,
-                _due(now),
-                Conversion.event_time >= send_limit(now),
-            )
+            .where(Conversion.waba_id == waba_id, _due(now))
             .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
             .execution_options(synchronize_session=False)
         )
