@@ -14,7 +14,7 @@ import binascii
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -30,6 +30,7 @@ from waconv.conversions.events import (
     json_type,
     validate_custom_data,
     validate_event_name,
+    validate_event_time,
 )
 from waconv.conversions.outbox import enqueue
 from waconv.errors import APIError
@@ -188,9 +189,12 @@ class MarkRequest:
 
         event_time = None
         if body.get("event_time") is not None:
-            event_time = _not_in_future(
-                "event_time", _unix_seconds("event_time", body["event_time"])
-            )
+            event_time = _unix_seconds("event_time", body["event_time"])
+            try:
+                # An operator's time ahead of now is a mistake, not a clock's drift.
+                validate_event_time(event_time, utcnow(), future_skew=timedelta(0))
+            except InvalidConversion as exc:
+                raise _invalid_conversion(exc) from None
 
         phone_number_id = None
         if body.get("phone_number_id") is not None:
@@ -257,20 +261,6 @@ def _unix_seconds(field: str, value: object) -> datetime:
             "invalid_event_time", field, f"{field} {value} is not a plausible unix time{hint}"
         )
     return from_unix(value)
-
-
-def _not_in_future(field: str, moment: datetime) -> datetime:
-    """An operator's event_time must not be ahead of now (the rules' clamp of a message time a
-    few seconds early is for Meta's clock and ours, not for an operator's input)."""
-    now = utcnow()
-    if moment > now:
-        raise bad_request(
-            "invalid_event_time",
-            field,
-            f"{field} {isoformat(moment)} is in the future; it must be the time the customer "
-            f"acted, at most now ({isoformat(now)})",
-        )
-    return moment
 
 
 @dataclass(frozen=True)

@@ -131,12 +131,15 @@ def validate_event_name(name: object) -> str:
     )
 
 
-def validate_event_time(moment: datetime, now: datetime) -> datetime:
+def validate_event_time(
+    moment: datetime, now: datetime, *, future_skew: timedelta = FUTURE_SKEW
+) -> datetime:
     """Return ``moment`` in the window Meta accepts, clamped to ``now`` when slightly ahead.
 
-    Accepted: from ``now - MAX_EVENT_AGE`` (inclusive) to ``now + FUTURE_SKEW`` (inclusive).
+    Accepted: from ``now - MAX_EVENT_AGE`` (inclusive) to ``now + future_skew`` (inclusive).
     A time ahead of ``now`` within the skew comes back as ``now``: Meta does not document
-    future times, so none is ever sent. Both datetimes must be timezone-aware.
+    future times, so none is ever sent. The default skew is for clocks (ours, Meta's message
+    timestamps); an operator's input gets none. Both datetimes must be timezone-aware.
     """
     if not isinstance(moment, datetime) or moment.tzinfo is None:
         raise InvalidConversion(
@@ -149,7 +152,7 @@ def validate_event_time(moment: datetime, now: datetime) -> datetime:
             f"Meta accepts events from {(now - MAX_EVENT_AGE).isoformat()} on",
         )
     if moment > now:
-        if moment - now > FUTURE_SKEW:
+        if moment - now > future_skew:
             raise InvalidConversion(
                 "event_time",
                 f"event_time {moment.isoformat()} is in the future; it must be the time the "
