@@ -21,7 +21,12 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite:///instance/waconv.sqlite3"
 DEV_SECRETS_FILE = Path("instance") / "dev-secrets.json"
 # Secrets `make run` generates for a fresh clone; production sets them in the environment.
-DEV_SECRET_NAMES = ("verify_token", "app_secret", "secret_key")
+_DEV_SECRET_MAKERS = {
+    "verify_token": lambda: secrets.token_urlsafe(24),
+    "app_secret": lambda: secrets.token_hex(16),
+    "secret_key": lambda: secrets.token_urlsafe(32),
+}
+DEV_SECRET_NAMES = tuple(_DEV_SECRET_MAKERS)
 
 
 MAX_LEASE_SECONDS = 60  # the contract: leased events of a dead dispatcher due within 60 s
@@ -217,13 +222,6 @@ def warn_if_test_events(s: Settings) -> None:
             "config.test_event_code: WACONV_TEST_EVENT_CODE is set; Meta counts test events "
             "in Events Manager and for ads measurement, so unset it in production"
         )
-
-
-_DEV_SECRET_MAKERS = {
-    "verify_token": lambda: secrets.token_urlsafe(24),
-    "app_secret": lambda: secrets.token_hex(16),
-    "secret_key": lambda: secrets.token_urlsafe(32),
-}
 
 
 def ensure_dev_secrets(path: Path | None = None) -> tuple[dict[str, str], tuple[str, ...]]:

@@ -14,7 +14,6 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from waconv import create_app
 from waconv.config import DEV_SECRETS_FILE, ensure_dev_secrets, load_settings
-from waconv.webhooks import processor
 
 log = logging.getLogger(__name__)
 
@@ -82,5 +81,4 @@ def run_dev_server(*, host: str | None, port: int | None, dispatcher: bool) -> N
         if worker is not None:
             worker.join(timeout=30)
         server.server_close()
-        processor.stop(services)  # its child finishes its transaction first
-        services.close()
+        services.close()  # stops the processor too: its child finishes its transaction

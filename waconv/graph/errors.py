@@ -260,22 +260,12 @@ CLASSIFICATION: tuple[Rule, ...] = (
     # 2500 unknown path / 803 unknown alias: a wrong WACONV_GRAPH_URL, version or dataset id.
     # Blaming the events would fail every one of them; it is the configuration.
     Rule("endpoint", lambda e: e.code in ENDPOINT_CODES, ACCOUNT),
-    # A 4xx that is not Meta's error envelope (a proxy's or a wrong host's 404 page): same.
-    Rule(
-        "not-graph",
-        lambda e: (
-            e.code is None
-            and not e.partial
-            and _status_between(e, 400, 499)
-            and e.http_status not in (408, 429)
-        ),
-        ACCOUNT,
-    ),
     # 408 / 429 without a code we know: the transport asks us to come back later.
     Rule("http-408-429", lambda e: e.http_status in (408, 429), RETRY),
-    # Any other 4xx with a Meta code: Meta reports bad events as 100, so a code we do not know
-    # (2635 deprecated version, 12 deprecated field ...) is about the request, not its events.
-    # Failing them would lose every one; the account is paused and its events wait.
+    # Any other 4xx: about the request, not its events. Meta reports bad events as 100; a code
+    # we do not know (2635 deprecated version, 12 deprecated field ...) or none at all (a
+    # proxy's or a wrong host's 404 page) is the configuration. Failing the events would lose
+    # every one; the account is paused and its events wait.
     Rule("http-4xx", lambda e: _status_between(e, 400, 499), ACCOUNT),
     # Anything unknown: retrying is safe, the outbox expires events before the 7-day limit.
     Rule("unknown", lambda e: True, RETRY),
