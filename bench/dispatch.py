@@ -59,6 +59,13 @@ class DispatchRun:
     fake_cpu_s: float | None = None
     db_cpu_s: float | None = None
 
+    @property
+    def total_cpu_s(self) -> float | None:
+        """What the run cost the machine's cores: every process's CPU together."""
+        if self.cpu_s is None:
+            return None
+        return sum(p for p in (self.cpu_s, self.fake_cpu_s, self.db_cpu_s) if p is not None)
+
 
 @dataclass
 class DispatchResults:

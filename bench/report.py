@@ -209,22 +209,20 @@ def _dispatch_section(dispatch: dict[str, Any], cores: int) -> list[str]:
         run = median_run(results, contender, backend)
         if run is None or run.cpu_s is None:
             continue
-        parts = [run.cpu_s, run.fake_cpu_s, run.db_cpu_s]
-        total = sum(p for p in parts if p is not None)
+        parts = [run.cpu_s, run.fake_cpu_s, run.db_cpu_s, run.total_cpu_s]
         out.append(
             f"| {contender} | {backend} | "
             + " | ".join(cpu_per_thousand(p, run) for p in parts)
-            + f" | {cpu_per_thousand(total, run)} |"
+            + " |"
         )
-    plain_rate = median_rate(results, "plain")
+    plain = median_rate(results, "plain")
     ceilings = []
     for backend in ("sqlite", "postgresql"):
         run = median_run(results, "waconv", backend)
-        if run is None or run.cpu_s is None or not plain_rate:
+        if run is None or not run.total_cpu_s or not plain:
             continue
-        per_event = sum(p for p in (run.cpu_s, run.fake_cpu_s, run.db_cpu_s) if p) / run.events
-        ceiling = cores / per_event
-        ceilings.append(f"{backend} {ceiling:,.0f} events/s ({ceiling / plain_rate:.2f}x plain)")
+        ceiling = cores * run.events / run.total_cpu_s
+        ceilings.append(f"{backend} {ceiling:,.0f} events/s ({ceiling / plain:.2f}x plain)")
     if ceilings:
         out += [
             "",
@@ -240,7 +238,6 @@ def _dispatch_section(dispatch: dict[str, Any], cores: int) -> list[str]:
         "|---|---|---|",
     ]
     sdk = median_rate(results, "sdk")
-    plain = median_rate(results, "plain")
     for backend in ("sqlite", "postgresql"):
         if backend in results.skipped:
             out.append(f"| {backend} | skipped: {results.skipped[backend]} | |")
