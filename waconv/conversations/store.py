@@ -108,20 +108,12 @@ def resolve_conversation(
     profile_name: str | None = None,
     username: str | None = None,
     first_state: dict[str, Any] | None = None,
-    message_wamid: str | None = None,
-) -> Conversation | None:
-    """Get or create the conversation; fill in an identifier learnt later. A conversation
-    created here starts with ``first_state`` (see ``first_message_state``).
-
-    None, and nothing created, when ``message_wamid`` (the message being processed) is
-    stored already: a redelivery in other bytes, whose sender ids may differ (a BSUID added
-    since), must not make a second conversation out of the same message."""
+) -> tuple[Conversation, bool]:
+    """Get or create the conversation, and whether it was created here; fill in an
+    identifier learnt later. A conversation created here starts with ``first_state`` (see
+    ``first_message_state``)."""
     conversation = _find(session, phone_number_id, wa_id, user_id)
     if conversation is None:
-        if message_wamid is not None and session.scalar(
-            select(Message.id).where(Message.wamid == message_wamid)
-        ):
-            return None
         values = {
             **(first_state or {}),
             "waba_id": waba_id,
@@ -133,11 +125,12 @@ def resolve_conversation(
             "username": username,
         }
         conversation = insert_object_or_ignore(session, Conversation, values)
-        if conversation is None:
-            # Another delivery created it a moment ago (the insert waited for it).
-            conversation = _find(session, phone_number_id, wa_id, user_id)
+        if conversation is not None:
+            return conversation, True
+        # Another delivery created it a moment ago (the insert waited for it).
+        conversation = _find(session, phone_number_id, wa_id, user_id)
         assert conversation is not None
-        return conversation
+        return conversation, False
     # Learn the missing identifier, unless another conversation already holds it (the user
     # wrote once with the number only and once with the BSUID only: both stay as they are).
     if (
@@ -158,7 +151,7 @@ def resolve_conversation(
         conversation.username = username
     if display_phone_number and conversation.display_phone_number is None:
         conversation.display_phone_number = display_phone_number
-    return conversation
+    return conversation, False
 
 
 def record_activity(conversation: Conversation, at: datetime) -> None:

@@ -311,7 +311,7 @@ def _process_message(
     referral = msg.get("referral")
     referral = referral if isinstance(referral, dict) else None
 
-    conversation = store.resolve_conversation(
+    conversation, created = store.resolve_conversation(
         ctx.session,
         waba_id=ctx.waba_id,
         phone_number_id=ctx.phone_number_id,
@@ -322,10 +322,7 @@ def _process_message(
         username=_clip(profile.get("username"), NAME_MAX)
         or _clip(contact.get("username"), NAME_MAX),
         first_state=store.first_message_state(timestamp, referral),
-        message_wamid=wamid,
     )
-    if conversation is None:
-        return  # seen before, from other sender ids: a redelivery takes no second effect
     text = message_text(msg)
     message_id = insert_or_ignore(
         ctx.session,
@@ -340,8 +337,13 @@ def _process_message(
             "payload": msg,
         },
     )
-    if message_id is None:
-        return  # seen before: a redelivery takes no second effect
+    if message_id is None:  # seen before: a redelivery takes no second effect
+        if created:
+            # Its sender ids differ from the first delivery's (a BSUID added since): the
+            # conversation just made for it holds nothing and goes. Undone here, on this
+            # rare path, rather than a lookup of the message before every new conversation.
+            ctx.session.delete(conversation)
+        return
 
     store.record_activity(conversation, timestamp)
     if referral is not None:
