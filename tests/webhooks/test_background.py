@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -297,3 +298,21 @@ def test_a_deadlock_victim_in_a_batch_is_left_for_the_next_transaction(make_app,
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 2, WebhookDelivery.RECEIVED: 1}
     assert ingest.process_received(services, budget_seconds=60) == 1
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 3}
+
+
+def test_a_processor_that_stops_cleanly_is_not_logged_as_an_error(make_app, monkeypatch, caplog):
+    # A signal to the whole process group stops the child first (exit 0): that is no fault,
+    # while any other exit is.
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    supervisor = processor.Supervisor(services)
+    caplog.set_level(logging.INFO)
+    for code, level in ((0, logging.INFO), (3, logging.ERROR)):
+        caplog.clear()
+        monkeypatch.setattr(
+            supervisor,
+            "_spawn",
+            lambda _lock, code=code: subprocess.Popen([sys.executable, "-c", f"exit({code})"]),
+        )
+        supervisor._supervise(None)
+        (record,) = [r for r in caplog.records if r.name == processor.log.name]
+        assert record.levelno == level, record.getMessage()
