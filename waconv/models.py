@@ -304,12 +304,16 @@ class DispatchRequest(Base):
 
 
 class DispatchRequestConversion(Base):
-    """Which conversions a request carried (up to 1,000 rows per request)."""
+    """Which conversions a request carried (up to 1,000 rows per request).
+
+    No foreign keys: PostgreSQL checks them row by row, which tripled the cost of a request's
+    links (bench/requestlog.py). Only record_request writes here, with the request it just
+    inserted and the conversions it sent; conversions are never deleted, and prune deletes a
+    request's links with it.
+    """
 
     __tablename__ = "dispatch_request_conversions"
 
-    request_id: Mapped[int] = mapped_column(ForeignKey("dispatch_requests.id"), primary_key=True)
+    request_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # Read by conversion: a conversion's requests, newest first.
-    conversion_id: Mapped[int] = mapped_column(
-        ForeignKey("conversions.id"), primary_key=True, index=True
-    )
+    conversion_id: Mapped[int] = mapped_column(BigId, primary_key=True, index=True)

@@ -58,16 +58,6 @@ def upgrade() -> None:
         sa.Column(
             "conversion_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.ForeignKeyConstraint(
-            ["conversion_id"],
-            ["conversions.id"],
-            name=op.f("fk_dispatch_request_conversions_conversion_id_conversions"),
-        ),
-        sa.ForeignKeyConstraint(
-            ["request_id"],
-            ["dispatch_requests.id"],
-            name=op.f("fk_dispatch_request_conversions_request_id_dispatch_requests"),
-        ),
         sa.PrimaryKeyConstraint(
             "request_id", "conversion_id", name=op.f("pk_dispatch_request_conversions")
         ),
