@@ -167,5 +167,5 @@ def prune(days: int | None) -> None:
         services.close()
     click.echo(
         f"pruned {stats.deliveries} delivery bodies, {stats.messages} message texts, "
-        f"{stats.statuses} statuses, {stats.notices} notices"
+        f"{stats.statuses} statuses, {stats.notices} notices, {stats.requests} requests"
     )
