@@ -1,6 +1,6 @@
 """The request log: every request the dispatcher sends, and the conversions it carried
 
-Revision ID: 0005
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-06 22:50:00
 
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 
 import waconv.db
 
-revision: str = "0005"
+revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
