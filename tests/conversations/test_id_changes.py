@@ -13,6 +13,7 @@ import psycopg  # noqa: F401 - its C extension must load before freezegun swaps 
 import pytest
 from flask import Flask
 from freezegun import freeze_time
+from sqlalchemy import event
 
 from tests import payloads as p
 from tests.conftest import ADMIN_TOKEN, WABA_ID, encode, signed_headers
@@ -371,3 +372,23 @@ def test_parent_user_id_from_contacts(chat: Chat):
     chat.post(delivery)
     assert chat.conversation(OLD).json["parent_user_id"] == PARENT
     assert one(chat.services, Conversation).waba_id == WABA_ID
+
+
+def test_a_plain_ctwa_delivery_looks_up_aliases_in_its_one_conversation_query(chat: Chat):
+    """The hot path: earlier ids cost no statement of their own (issue #14's benchmark)."""
+    selects: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    event.listen(chat.services.db.engine, "before_cursor_execute", seen)
+    try:
+        clicked(chat, OLD)
+        chat.post(from_user(OLD, "How much is it?", ts=TS))
+    finally:
+        event.remove(chat.services.db.engine, "before_cursor_execute", seen)
+    lookups = [s for s in selects if "user_aliases" in s]
+    assert len(lookups) == 2  # one conversation lookup per message, aliases inside it
+    assert all("FROM conversations" in s.split("user_aliases")[0] for s in lookups)
+    assert count(chat.services, Conversion) == 1
