@@ -49,6 +49,8 @@ class Settings:
     app_secret: str = field(default="", repr=False)
     access_token: str = field(default="", repr=False)
     waba_id: str = ""
+    # The number that receives On-Premises-shaped deliveries (they name no number themselves).
+    phone_number_id: str = ""
     dataset_id: str = ""
     graph_url: str = "https://graph.facebook.com"
     graph_version: str = "v26.0"
@@ -100,6 +102,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "WACONV_APP_SECRET": ("app_secret", str),
     "WACONV_ACCESS_TOKEN": ("access_token", str),
     "WACONV_WABA_ID": ("waba_id", str),
+    "WACONV_PHONE_NUMBER_ID": ("phone_number_id", str),
     "WACONV_DATASET_ID": ("dataset_id", str),
     "WACONV_GRAPH_URL": ("graph_url", str),
     "WACONV_GRAPH_VERSION": ("graph_version", str),
@@ -202,7 +205,7 @@ def validate(s: Settings) -> None:
         )
     if s.retention_days < 1:
         raise ConfigError("WACONV_RETENTION_DAYS must be at least 1")
-    for name in ("waba_id", "dataset_id"):
+    for name in ("waba_id", "phone_number_id", "dataset_id"):
         value = getattr(s, name)
         if value and not value.isdigit():
             raise ConfigError(f"{env_name(name)} must be a numeric Meta id, not {value!r}")

@@ -28,6 +28,7 @@ from waconv.db import Base, BigId, JsonDoc, UTCDateTime
 META_ID = 32
 WAMID = 255
 CLICK_ID = 512
+USER_ID = 160  # a BSUID is "<ISO2>.<up to 128 alphanumerics>"; parent ids are longer
 
 
 class Account(Base):
@@ -105,7 +106,9 @@ class Conversation(Base):
     display_phone_number: Mapped[str | None] = mapped_column(String(32))
     wa_id: Mapped[str | None] = mapped_column(String(64))
     # Business-scoped user id (2026): the only identity of users whose number is withheld.
-    user_id: Mapped[str | None] = mapped_column(String(160))
+    user_id: Mapped[str | None] = mapped_column(String(USER_ID))
+    # The BSUID shared by a group of linked business portfolios (``US.ENT.…``), when Meta sends one.
+    parent_user_id: Mapped[str | None] = mapped_column(String(USER_ID))
     username: Mapped[str | None] = mapped_column(String(255))
     profile_name: Mapped[str | None] = mapped_column(String(255))
     ctwa_clid: Mapped[str | None] = mapped_column(String(CLICK_ID))
@@ -143,7 +146,7 @@ class Click(Base):
 
 
 class Message(Base):
-    """An inbound message; the unique wamid makes every redelivery harmless."""
+    """A message of a conversation; the unique wamid makes every redelivery harmless."""
 
     __tablename__ = "messages"
     __table_args__ = (Index("ix_messages_conversation_ts", "conversation_id", "timestamp"),)
@@ -157,7 +160,38 @@ class Message(Base):
     # What rules match on: text body, button text, reply title, order note. Pruned with age.
     text: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    # None: the user wrote to the business, one to one (the only messages rules look at).
+    origin: Mapped[str | None] = mapped_column(String(16))
+    group_id: Mapped[str | None] = mapped_column(String(USER_ID))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    GROUP = "group"  # written in a group the user belongs to
+    ECHO = "echo"  # sent by the business (message_echoes, smb_message_echoes)
+    USER_ACTION = "user_action"  # a link click on a marketing message (user_actions)
+
+
+class UserAlias(Base):
+    """An id a user had before Meta changed it: ``previous`` now means ``current``.
+
+    Written by the three identity signals (see waconv.conversations.identity), also for ids no
+    conversation holds yet: a message from either id later finds the user's conversation.
+    ``waconv prune`` keeps these links (no text of the user is in them).
+    """
+
+    __tablename__ = "user_aliases"
+    __table_args__ = (
+        # previous first: conversation lookups ask by id, not by account.
+        UniqueConstraint("previous", "waba_id"),
+        Index("ix_user_aliases_current", "current"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    waba_id: Mapped[str] = mapped_column(String(META_ID))
+    kind: Mapped[str] = mapped_column(String(16))  # wa_id | user_id
+    previous: Mapped[str] = mapped_column(String(USER_ID))
+    current: Mapped[str] = mapped_column(String(USER_ID))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class MessageStatus(Base):

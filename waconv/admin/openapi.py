@@ -235,10 +235,18 @@ _CONVERSATION = {
         "clicked_at",
         "first_message_at",
         "last_message_at",
+        "parent_user_id",
+        "previous_ids",
     ],
     "properties": {
         "wa_id": _nullable(_STRING),
         "user_id": _nullable(_STRING),
+        "parent_user_id": _nullable(_STRING),
+        "previous_ids": {
+            "type": "array",
+            "description": "every earlier wa_id and user_id of the user, oldest first",
+            "items": _STRING,
+        },
         "waba_id": _STRING,
         "phone_number_id": _STRING,
         "display_phone_number": _nullable(_STRING),
@@ -339,7 +347,8 @@ _DOCUMENT: dict[str, Any] = {
                         "name": "user",
                         "in": "path",
                         "required": True,
-                        "description": "wa_id, or the business-scoped user_id",
+                        "description": "wa_id, or the business-scoped user_id; any id the "
+                        "user has had",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                         "example": _EXAMPLE_WA_ID,
                     },

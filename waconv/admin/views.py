@@ -70,7 +70,7 @@ def get_conversation(user: str) -> Response:
         conversation = store.find_conversation(session, user, phone_number_id)
         if conversation is None:
             raise APIError(404, "conversation_not_found", f"no conversation with user {user!r}")
-        body = store.conversation_to_dict(conversation)
+        body = store.conversation_to_dict(session, conversation)
         body["clicks"] = store.clicks_of(session, conversation)
     return jsonify(body)
 

@@ -11,12 +11,13 @@ from collections.abc import Set
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
 from waconv.clock import isoformat
+from waconv.conversations import identity
 from waconv.db import insert_object_or_ignore, insert_or_ignore
-from waconv.models import CLICK_ID, Account, Click, Conversation, Message
+from waconv.models import CLICK_ID, Account, Click, Conversation, Message, UserAlias
 
 # The ad fields the admin API shows and the conversation keeps for its latest click.
 AD_FIELDS = (
@@ -50,31 +51,69 @@ def ensure_account(session: Session, waba_id: str, known: Set[str] = frozenset()
     session.info.setdefault(ENSURED_ACCOUNTS, set()).add(waba_id)
 
 
+def _alias(known: str, wanted: str, key: str) -> Any:
+    """The id an alias links to id ``key`` (scalar, at most one: an index lookup, and the
+    planner can still use the conversations' own indexes for the result)."""
+    column = getattr(UserAlias, wanted)
+    return (
+        select(column)
+        .where(
+            getattr(UserAlias, known) == bindparam(key),
+            UserAlias.waba_id == bindparam("waba_id"),
+        )
+        .order_by(UserAlias.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _on_number(column: Any, value: Any) -> Any:
+    return select(Conversation.id).where(
+        Conversation.phone_number_id == bindparam("phone_number_id"), column == value
+    )
+
+
 # FOR UPDATE (PostgreSQL; SQLite serializes writers anyway): a concurrent delivery for the same
 # conversation waits here and then reads what the other committed. Without it, both decide
 # from the same old row and the later commit overwrites a newer click or time. Built once: the
-# hot path of webhook processing.
+# hot path of webhook processing. Ids Meta changed are found in the same statement: an earlier
+# id leads to the user's current one, and a current id to a conversation still under the
+# earlier one (an identity change that came before any message of the user). One indexed
+# lookup per branch: with the alias terms OR-ed in one WHERE, SQLite without statistics
+# scanned every conversation of the number instead.
 _FIND = (
     select(Conversation)
     .where(
-        Conversation.phone_number_id == bindparam("phone_number_id"),
-        or_(
-            Conversation.user_id == bindparam("user_id"),
-            Conversation.wa_id == bindparam("wa_id"),
-        ),
+        Conversation.id.in_(
+            union_all(
+                _on_number(Conversation.user_id, bindparam("user_id")),
+                _on_number(Conversation.wa_id, bindparam("wa_id")),
+                _on_number(Conversation.user_id, _alias("previous", "current", "user_id")),
+                _on_number(Conversation.wa_id, _alias("previous", "current", "wa_id")),
+                _on_number(Conversation.user_id, _alias("current", "previous", "user_id")),
+                _on_number(Conversation.wa_id, _alias("current", "previous", "wa_id")),
+            )
+        )
     )
     .with_for_update()
 )
 
 
 def _find(
-    session: Session, phone_number_id: str, wa_id: str | None, user_id: str | None
+    session: Session, waba_id: str, phone_number_id: str, wa_id: str | None, user_id: str | None
 ) -> Conversation | None:
-    """By user_id first (the stable id), else by wa_id: one query for both."""
+    """By user_id first (the stable id), else by wa_id, else by an earlier or later id of
+    the user: one query for all."""
     if not (user_id or wa_id):
         return None
     found = session.scalars(
-        _FIND, {"phone_number_id": phone_number_id, "user_id": user_id, "wa_id": wa_id}
+        _FIND,
+        {
+            "phone_number_id": phone_number_id,
+            "user_id": user_id,
+            "wa_id": wa_id,
+            "waba_id": waba_id,
+        },
     ).all()
     if user_id:
         for conversation in found:
@@ -83,7 +122,7 @@ def _find(
     for conversation in found:
         if wa_id and conversation.wa_id == wa_id:
             return conversation
-    return None
+    return found[0] if found else None
 
 
 def _taken(session: Session, phone_number_id: str, column: Any, value: str) -> bool:
@@ -107,12 +146,13 @@ def resolve_conversation(
     user_id: str | None,
     profile_name: str | None = None,
     username: str | None = None,
+    parent_user_id: str | None = None,
     first_state: dict[str, Any] | None = None,
 ) -> tuple[Conversation, bool]:
     """Get or create the conversation, and whether it was created here; fill in an
     identifier learnt later. A conversation created here starts with ``first_state`` (see
     ``first_message_state``)."""
-    conversation = _find(session, phone_number_id, wa_id, user_id)
+    conversation = _find(session, waba_id, phone_number_id, wa_id, user_id)
     if conversation is None:
         values = {
             **(first_state or {}),
@@ -123,12 +163,13 @@ def resolve_conversation(
             "user_id": user_id,
             "profile_name": profile_name,
             "username": username,
+            "parent_user_id": parent_user_id,
         }
         conversation = insert_object_or_ignore(session, Conversation, values)
         if conversation is not None:
             return conversation, True
         # Another delivery created it a moment ago (the insert waited for it).
-        conversation = _find(session, phone_number_id, wa_id, user_id)
+        conversation = _find(session, waba_id, phone_number_id, wa_id, user_id)
         assert conversation is not None
         return conversation, False
     # Learn the missing identifier, unless another conversation already holds it (the user
@@ -145,8 +186,16 @@ def resolve_conversation(
         and not _taken(session, phone_number_id, Conversation.wa_id, wa_id)
     ):
         conversation.wa_id = wa_id
+    # Found under an earlier id of the user (the change came before their first message):
+    # the conversation takes the id Meta uses now. Rare, so the alias is looked up only here.
+    for kind, value in (("user_id", user_id), ("wa_id", wa_id)):
+        held = getattr(conversation, kind)
+        if value and held and held != value and identity.is_alias(session, waba_id, held, value):
+            setattr(conversation, kind, value)
     if profile_name and conversation.profile_name != profile_name:
         conversation.profile_name = profile_name
+    if parent_user_id and conversation.parent_user_id != parent_user_id:
+        conversation.parent_user_id = parent_user_id
     if username and conversation.username != username:
         conversation.username = username
     if display_phone_number and conversation.display_phone_number is None:
@@ -286,34 +335,13 @@ def messages_without_a_click(
         Message.conversation_id == conversation.id,
         Message.timestamp >= clicked_at,
         Message.wamid != wamid,
+        Message.origin.is_(None),  # groups and the business's own messages fire nothing
     )
     if earliest is not None:
         if earliest <= clicked_at:
             return []  # an earlier click covered them all
         query = query.where(Message.timestamp < earliest)
     return list(session.scalars(query.order_by(Message.timestamp, Message.id)))
-
-
-def change_number(session: Session, conversation: Conversation, new_wa_id: str) -> bool:
-    """``user_changed_number``: the user's conversations follow the new wa_id. False on conflict."""
-    old = conversation.wa_id
-    if old == new_wa_id:
-        return True
-    if _taken(session, conversation.phone_number_id, Conversation.wa_id, new_wa_id):
-        return False
-    conversation.wa_id = new_wa_id
-    if old:
-        others = session.scalars(
-            select(Conversation).where(
-                Conversation.waba_id == conversation.waba_id,
-                Conversation.wa_id == old,
-                Conversation.id != conversation.id,
-            )
-        )
-        for other in others:
-            if not _taken(session, other.phone_number_id, Conversation.wa_id, new_wa_id):
-                other.wa_id = new_wa_id
-    return True
 
 
 def conversation_for_click(session: Session, clid: str | None, wamid: str) -> Conversation | None:
@@ -339,12 +367,15 @@ def conversation_for_click(session: Session, clid: str | None, wamid: str) -> Co
 
 def is_user(user: str, field: str | None = None) -> Any:
     """The conversations of ``user``, by wa_id or business-scoped user_id (``field`` names
-    one of them, else either)."""
+    one of them, else either), the current one or any the user had before."""
+    earlier = identity.current_of(user)
+    by_wa_id = (Conversation.wa_id == user) | Conversation.wa_id.in_(earlier)
+    by_user_id = (Conversation.user_id == user) | Conversation.user_id.in_(earlier)
     if field == "wa_id":
-        return Conversation.wa_id == user
+        return by_wa_id
     if field == "user_id":
-        return Conversation.user_id == user
-    return (Conversation.wa_id == user) | (Conversation.user_id == user)
+        return by_user_id
+    return by_wa_id | by_user_id
 
 
 def find_conversation(
@@ -361,11 +392,13 @@ def find_conversation(
     return session.scalar(query)
 
 
-def conversation_to_dict(conversation: Conversation) -> dict[str, Any]:
+def conversation_to_dict(session: Session, conversation: Conversation) -> dict[str, Any]:
     referral = conversation.referral
     return {
         "wa_id": conversation.wa_id,
         "user_id": conversation.user_id,
+        "parent_user_id": conversation.parent_user_id,
+        "previous_ids": identity.previous_ids(session, conversation),
         "waba_id": conversation.waba_id,
         "phone_number_id": conversation.phone_number_id,
         "display_phone_number": conversation.display_phone_number,

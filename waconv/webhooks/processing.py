@@ -7,6 +7,8 @@ exception, so one odd item cannot hold back the others or turn into a 5xx.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +18,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from waconv.clock import from_unix, utcnow
-from waconv.conversations import store
+from waconv.conversations import identity, store
 from waconv.db import insert_or_ignore
 from waconv.models import (
     AutomaticEvent,
@@ -201,7 +203,23 @@ def process_payload(
     """Apply every item of a delivery. Returns how many items were looked at."""
     items = 0
     payload = _scrub(payload)
-    for entry in _list(payload.get("entry")):
+    entries = payload.get("entry")
+    if not isinstance(entries, list):
+        bodies = on_premises_bodies(payload)
+        if bodies is None:
+            _orphan_notice(
+                session,
+                delivery_id,
+                "neither the Cloud API shape (entry[]) nor the On-Premises shape "
+                "(contacts, messages, statuses): kept, nothing applied",
+                payload,
+                kind="unknown_shape",
+            )
+            return 1
+        for body in bodies:
+            items += _process_on_premises(session, services, delivery_id, body)
+        return items
+    for entry in entries:
         entry = _dict(entry)
         waba_id = _id(entry.get("id"), META_ID_MAX)
         if waba_id is None or not (waba_id.isascii() and waba_id.isdigit()):
@@ -228,12 +246,68 @@ def process_payload(
     return items
 
 
-def _orphan_notice(session: Session, delivery_id: int, message: str, payload: Any) -> None:
+def _orphan_notice(
+    session: Session, delivery_id: int, message: str, payload: Any, *, kind: str = "malformed"
+) -> None:
     session.execute(
         insert(WebhookNotice).values(
-            delivery_id=delivery_id, kind="malformed", message=message, payload=payload
+            delivery_id=delivery_id, kind=kind, message=message, payload=payload
         )
     )
+
+
+ON_PREMISES_KEYS = ("contacts", "messages", "statuses")
+
+
+def on_premises_bodies(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The On-Premises API bodies of a delivery (at the top level, or each item of
+    ``data``), or None when it is not that shape."""
+    if any(isinstance(payload.get(key), list) for key in ON_PREMISES_KEYS):
+        return [payload]
+    data = payload.get("data")
+    if isinstance(data, list) and data:
+        bodies = [_dict(item) for item in data]
+        if all(any(isinstance(b.get(key), list) for key in ON_PREMISES_KEYS) for b in bodies):
+            return bodies
+    return None
+
+
+# The settings an On-Premises delivery needs: it names neither account nor number.
+ON_PREMISES_SETTINGS = (
+    ("waba_id", "WACONV_WABA_ID"),
+    ("phone_number_id", "WACONV_PHONE_NUMBER_ID"),
+)
+
+
+def _process_on_premises(
+    session: Session, services: Services, delivery_id: int, body: dict[str, Any]
+) -> int:
+    """An On-Premises body is the ``value`` of a Cloud ``messages`` change without its
+    metadata: applied through the same code, for the default account and number."""
+    settings = services.settings
+    missing = [env for name, env in ON_PREMISES_SETTINGS if not getattr(settings, name)]
+    if missing:
+        _orphan_notice(
+            session,
+            delivery_id,
+            f"On-Premises delivery kept without effect: set {' and '.join(missing)}, then "
+            f"run `waconv webhooks replay --id {delivery_id}`",
+            body,
+            kind="missing_setting",
+        )
+        return 1
+    store.ensure_account(session, settings.waba_id, services.known_accounts)
+    ctx = ChangeContext(
+        session=session,
+        services=services,
+        delivery_id=delivery_id,
+        waba_id=settings.waba_id,
+        field="messages",
+        value=body,
+        phone_number_id=settings.phone_number_id,
+        display_phone_number=None,
+    )
+    return _process_change(ctx)
 
 
 def _process_change(ctx: ChangeContext) -> int:
@@ -245,6 +319,9 @@ def _process_change(ctx: ChangeContext) -> int:
             items += 1
         for status in _list(ctx.value.get("statuses")):
             _process_status(ctx, _dict(status))
+            items += 1
+        for action in _list(ctx.value.get("user_actions")):
+            _process_user_action(ctx, _dict(action), contacts)
             items += 1
         for error in _list(ctx.value.get("errors")):
             error = _dict(error)
@@ -267,6 +344,18 @@ def _process_change(ctx: ChangeContext) -> int:
         items = 0
         for event in _list(ctx.value.get("automatic_events")):
             _process_automatic_event(ctx, _dict(event))
+            items += 1
+        return items
+    if ctx.field in ECHO_FIELDS:
+        items = 0
+        for echo in _list(ctx.value.get("message_echoes") or ctx.value.get(ctx.field)):
+            _process_echo(ctx, _dict(echo))
+            items += 1
+        return items
+    if ctx.field == "user_id_update":
+        items = 0
+        for update in _list(ctx.value.get("user_id_update")):
+            _process_user_id_update(ctx, _dict(update))
             items += 1
         return items
     # account_update, template status, … : kept for the record, nothing to act on.
@@ -299,6 +388,12 @@ def _process_message(
     contact = _contact_for(msg, contacts)
     wa_id = _id(msg.get("from"), WA_ID_MAX) or _id(contact.get("wa_id"), WA_ID_MAX)
     user_id = _id(msg.get("from_user_id"), USER_ID_MAX) or _id(contact.get("user_id"), USER_ID_MAX)
+    kind = _clip(msg.get("type"), TYPE_MAX) or "unknown"
+    change = _system_change(msg, wa_id, user_id) if kind == "system" else None
+    if change is not None:
+        # The sender of an identity change may be unnamed: the change's own ids name the user.
+        wa_id = wa_id or change.previous_wa_id or change.wa_id
+        user_id = user_id or change.previous_user_id or change.user_id
     if wa_id is None and user_id is None:
         ctx.notice("malformed", msg, message="message with neither a wa_id nor a user_id")
         return
@@ -306,10 +401,11 @@ def _process_message(
     if timestamp is None:
         ctx.notice("malformed", msg, message="message timestamp missing; time of receipt used")
         timestamp = utcnow()
-    kind = _clip(msg.get("type"), TYPE_MAX) or "unknown"
     profile = _dict(contact.get("profile"))
+    group_id = _id(msg.get("group_id"), USER_ID_MAX)
     referral = msg.get("referral")
-    referral = referral if isinstance(referral, dict) else None
+    # A group message never credits the one-to-one conversation with a click.
+    referral = referral if isinstance(referral, dict) and group_id is None else None
 
     conversation, created = store.resolve_conversation(
         ctx.session,
@@ -321,22 +417,23 @@ def _process_message(
         profile_name=_clip(profile.get("name"), NAME_MAX),
         username=_clip(profile.get("username"), NAME_MAX)
         or _clip(contact.get("username"), NAME_MAX),
+        parent_user_id=_id(msg.get("from_parent_user_id"), USER_ID_MAX)
+        or _id(contact.get("parent_user_id"), USER_ID_MAX),
         first_state=store.first_message_state(timestamp, referral),
     )
     text = message_text(msg)
-    message_id = insert_or_ignore(
-        ctx.session,
-        Message,
-        {
-            "wamid": wamid,
-            "conversation_id": conversation.id,
-            "delivery_id": ctx.delivery_id,
-            "type": kind,
-            "timestamp": timestamp,
-            "text": text,
-            "payload": msg,
-        },
-    )
+    row = {
+        "wamid": wamid,
+        "conversation_id": conversation.id,
+        "delivery_id": ctx.delivery_id,
+        "type": kind,
+        "timestamp": timestamp,
+        "text": text,
+        "payload": msg,
+        "origin": Message.GROUP if group_id else None,
+        "group_id": group_id,
+    }
+    message_id = insert_or_ignore(ctx.session, Message, row)
     if message_id is None:  # seen before: a redelivery takes no second effect
         if created:
             # Its sender ids differ from the first delivery's (a BSUID added since): the
@@ -346,11 +443,14 @@ def _process_message(
         return
 
     store.record_activity(conversation, timestamp)
+    if group_id is not None:
+        return  # stored; rules look only at what the user says to the business
     if referral is not None:
         store.record_click(ctx.session, conversation, wamid, referral, timestamp)
-    if kind == "system":
-        _process_system(ctx, conversation, msg)
-    elif kind == "unsupported" or kind not in KNOWN_MESSAGE_TYPES:
+    if change is not None:
+        _apply_change(ctx, change, msg)
+        return
+    if kind == "unsupported" or kind not in KNOWN_MESSAGE_TYPES:
         errors = _list(msg.get("errors"))
         first = _dict(errors[0]) if errors else {}
         ctx.notice(
@@ -421,16 +521,169 @@ KNOWN_MESSAGE_TYPES = frozenset(
 )
 
 
-def _process_system(ctx: ChangeContext, conversation: Any, msg: dict[str, Any]) -> None:
+def _system_change(
+    msg: dict[str, Any], wa_id: str | None, user_id: str | None
+) -> identity.IdChange | None:
+    """The identity change a ``system`` message announces, if it is one (a change that names
+    no new id is kept as an ordinary system message)."""
     system = _dict(msg.get("system"))
-    if _str(system.get("type")) == "user_changed_number":
-        new_wa_id = _id(system.get("new_wa_id"), WA_ID_MAX) or _id(system.get("wa_id"), WA_ID_MAX)
-        if new_wa_id and not store.change_number(ctx.session, conversation, new_wa_id):
-            ctx.notice(
-                "identity_conflict",
-                msg,
-                message=f"user changed number to {new_wa_id}, which already has a conversation",
+    signal = _str(system.get("type"))
+    body_ids = identity.ids_in_body(_str(system.get("body"))) or (None, None)
+    parent = _id(system.get("parent_user_id"), USER_ID_MAX)
+    stated_previous = _id(msg.get("previous_user_id"), USER_ID_MAX) or _id(
+        system.get("previous_user_id"), USER_ID_MAX
+    )
+    if signal == "user_changed_user_id":
+        new = _id(system.get("user_id"), USER_ID_MAX) or _id(body_ids[1], USER_ID_MAX)
+        if new is None:
+            return None
+        sender = user_id if user_id != new else None
+        previous = stated_previous or sender or _id(body_ids[0], USER_ID_MAX)
+        return identity.IdChange(
+            signal, previous_user_id=previous, user_id=new, wa_id=wa_id, parent_user_id=parent
+        )
+    if signal == "user_changed_number":
+        new_wa_id = (
+            _id(system.get("wa_id"), WA_ID_MAX)
+            or _id(system.get("new_wa_id"), WA_ID_MAX)
+            or _id(body_ids[1], WA_ID_MAX)
+        )
+        if new_wa_id is None:
+            return None
+        previous_wa_id = wa_id if wa_id != new_wa_id else _id(body_ids[0], WA_ID_MAX)
+        # system.user_id: the user's business-scoped id after the change.
+        new_user_id = _id(system.get("user_id"), USER_ID_MAX)
+        previous_user_id = stated_previous or (user_id if user_id != new_user_id else None)
+        return identity.IdChange(
+            signal,
+            previous_wa_id=previous_wa_id,
+            wa_id=new_wa_id,
+            previous_user_id=previous_user_id if new_user_id else None,
+            user_id=new_user_id or user_id,
+            parent_user_id=parent,
+        )
+    return None
+
+
+def _apply_change(ctx: ChangeContext, change: identity.IdChange, payload: Any) -> None:
+    applied = identity.apply(ctx.session, ctx.waba_id, change, ctx.delivery_id)
+    if applied.refusal:
+        ctx.notice("identity_conflict", payload, message=applied.refusal)
+        log.warning("identity.conflict waba_id=%s signal=%s", ctx.waba_id, change.signal)
+        return
+    # Messages a merge brought under a click: looked at as if the click had come late.
+    for conversation in applied.conversations:
+        for earlier in applied.to_review or ():
+            if earlier.conversation_id != conversation.id:
+                continue
+            _fire_rules(
+                ctx,
+                conversation,
+                earlier.wamid,
+                earlier.type,
+                earlier.text,
+                earlier.timestamp,
+                earlier.payload if isinstance(earlier.payload, dict) else {},
             )
+
+
+def _process_user_id_update(ctx: ChangeContext, update: dict[str, Any]) -> None:
+    """A ``user_id_update`` item: ``user_id`` and ``parent_user_id`` as previous/current."""
+    user_id = _dict(update.get("user_id"))
+    parent = _dict(update.get("parent_user_id"))
+    change = identity.IdChange(
+        "user_id_update",
+        previous_user_id=_id(user_id.get("previous"), USER_ID_MAX),
+        user_id=_id(user_id.get("current"), USER_ID_MAX),
+        wa_id=_id(update.get("wa_id"), WA_ID_MAX),
+        parent_user_id=_id(parent.get("current"), USER_ID_MAX),
+    )
+    if change.user_id is None and change.parent_user_id is None:
+        ctx.notice("malformed", update, message="user_id_update without a current user_id")
+        return
+    if not change.links() and not change.ids():
+        ctx.notice("malformed", update, message="user_id_update naming no user")
+        return
+    _apply_change(ctx, change, update)
+
+
+ECHO_FIELDS = frozenset({"message_echoes", "smb_message_echoes"})
+
+
+def _process_echo(ctx: ChangeContext, echo: dict[str, Any]) -> None:
+    """A message the business sent (from its app or another API client): stored in the
+    user's conversation as the business's, never looked at by rules."""
+    wamid = _id(echo.get("id"), WAMID_MAX)
+    wa_id = _id(echo.get("to"), WA_ID_MAX)
+    user_id = _id(echo.get("to_user_id"), USER_ID_MAX)
+    if wamid is None or ctx.phone_number_id is None or (wa_id is None and user_id is None):
+        ctx.notice("malformed", echo, message="echo without id, recipient or phone number id")
+        return
+    timestamp = parse_timestamp(echo.get("timestamp")) or utcnow()
+    conversation, _ = store.resolve_conversation(
+        ctx.session,
+        waba_id=ctx.waba_id,
+        phone_number_id=ctx.phone_number_id,
+        display_phone_number=ctx.display_phone_number,
+        wa_id=wa_id,
+        user_id=user_id,
+        first_state={},
+    )
+    _store_other(ctx, conversation, wamid, echo, timestamp, Message.ECHO)
+
+
+def _process_user_action(
+    ctx: ChangeContext, action: dict[str, Any], contacts: list[dict[str, Any]]
+) -> None:
+    """A marketing-message link click: stored in the user's conversation; it has no wamid,
+    so its click id (or its content) keys it, and a redelivery stores nothing new."""
+    contact = contacts[0] if len(contacts) == 1 else {}
+    wa_id = _id(action.get("wa_id"), WA_ID_MAX) or _id(contact.get("wa_id"), WA_ID_MAX)
+    user_id = _id(action.get("user_id"), USER_ID_MAX) or _id(contact.get("user_id"), USER_ID_MAX)
+    if ctx.phone_number_id is None or (wa_id is None and user_id is None):
+        ctx.notice("user_action", action, message="user action kept: no user to store it with")
+        return
+    data = _dict(action.get("marketing_messages_link_click_data"))
+    key = _str(data.get("click_id")) or _str(data.get("tracking_token"))
+    if key is None:
+        key = hashlib.sha256(json.dumps(action, sort_keys=True).encode()).hexdigest()
+    conversation, _ = store.resolve_conversation(
+        ctx.session,
+        waba_id=ctx.waba_id,
+        phone_number_id=ctx.phone_number_id,
+        display_phone_number=ctx.display_phone_number,
+        wa_id=wa_id,
+        user_id=user_id,
+        first_state={},
+    )
+    timestamp = parse_timestamp(action.get("timestamp")) or utcnow()
+    wamid = f"user_action.{key}"[:WAMID_MAX]
+    _store_other(ctx, conversation, wamid, action, timestamp, Message.USER_ACTION)
+
+
+def _store_other(
+    ctx: ChangeContext,
+    conversation: Conversation,
+    wamid: str,
+    payload: dict[str, Any],
+    timestamp: datetime,
+    origin: str,
+) -> None:
+    kind = _clip(payload.get("type") or payload.get("action_type"), TYPE_MAX) or "unknown"
+    insert_or_ignore(
+        ctx.session,
+        Message,
+        {
+            "wamid": wamid,
+            "conversation_id": conversation.id,
+            "delivery_id": ctx.delivery_id,
+            "type": kind,
+            "timestamp": timestamp,
+            "text": message_text(payload),
+            "payload": payload,
+            "origin": origin,
+        },
+    )
 
 
 def _process_status(ctx: ChangeContext, status: dict[str, Any]) -> None:
