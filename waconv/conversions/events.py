@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from waconv.clock import to_unix
+from waconv.conversions.currencies import ACTIVE_CODES
 
 # Meta's list for action_source=business_messaging (meta-api.md §3.4); any other name, `Lead`
 # included, is refused with 100/2804066 and takes the whole batch down with it.
@@ -268,6 +269,10 @@ def _currency(field: str, value: object) -> str:
     if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         raise InvalidConversion(
             field, f"{field} must be a 3-letter ISO 4217 code such as 'USD', not {value!r}"
+        )
+    if value.upper() not in ACTIVE_CODES:
+        raise InvalidConversion(
+            field, f"{field} {value!r} is not an active ISO 4217 currency code (e.g. 'USD')"
         )
     return value.upper()
 
