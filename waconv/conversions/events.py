@@ -480,11 +480,18 @@ def _webhook_decimal(field: str, value: object) -> Decimal:
         raise InvalidConversion(field, f"{field} must be a number, not {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise InvalidConversion(field, f"{field} must be a finite number >= 0, not {value!r}")
+    # "1e999999999" is a finite Decimal whose first product overflows the arithmetic.
+    if amount.adjusted() >= MAX_AMOUNT_DIGITS:
+        raise InvalidConversion(
+            field, f"{field} has more than {MAX_AMOUNT_DIGITS} digits before the point"
+        )
     return amount
 
 
 def _webhook_quantity(field: str, value: object) -> int:
     if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        if len(value.strip()) > MAX_AMOUNT_DIGITS:
+            raise InvalidConversion(field, f"{field} has more than {MAX_AMOUNT_DIGITS} digits")
         value = int(value)
     return _integer(field, value, minimum=1)
 
