@@ -30,7 +30,8 @@ def db_upgrade() -> None:
     """Migrate the database to the newest schema."""
     from waconv import schema
 
-    _, services = settings_and_services()  # also refuses a malformed rules file
+    # Also refuses a malformed rules file.
+    _, services = settings_and_services(migrated=False)
     try:
         schema.upgrade(services.db.engine)
     finally:
@@ -85,7 +86,11 @@ def webhooks_replay(ids: tuple[int, ...], all_failed: bool) -> None:
         else:
             failures += 1
             click.echo(f"delivery {result.delivery_id}: failed: {result.error}")
-    click.echo(f"{len(results)} replayed, {failures} failed")
+    if results or not ids:
+        click.echo(f"{len(results)} replayed, {failures} failed")
+    unknown = sorted(set(ids) - {result.delivery_id for result in results})
+    if unknown:
+        raise Failure(f"no stored delivery with id {', '.join(map(str, unknown))}")
     if failures:
         sys.exit(1)
 
@@ -99,6 +104,8 @@ def serve(host: str | None, port: int | None, no_dispatcher: bool) -> None:
     """The app and a dispatcher beside it, for development (production: gunicorn)."""
     from waconv.devserver import run_dev_server
 
+    _, services = settings_and_services()  # refuses a database not migrated, in one line
+    services.close()
     run_dev_server(host=host, port=port, dispatcher=not no_dispatcher)
 
 
