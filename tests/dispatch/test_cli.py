@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.conftest import ACCESS_TOKEN, WABA_ID
-from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one, one
+from tests.dispatch.helpers import account, clid, conversions, enqueue_many, enqueue_one, one
 from waconv.cli import main
 from waconv.conversions.dispatcher import Dispatcher
 from waconv.graph.fake import FakeGraph
-from waconv.models import Conversion
+from waconv.models import Account, Conversion
 from waconv.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,3 +268,24 @@ def test_run_forever_keeps_going_after_a_failed_step(
         thread.join(STOP_SECONDS)
     assert not thread.is_alive()
     assert {r.status for r in conversions(ready)} == {Conversion.SENT}
+
+
+def test_a_dispatcher_started_with_a_fixed_token_tries_the_paused_account_at_once(
+    waconv: Callable[..., Result],
+    ready: Services,
+    fake_graph: FakeGraph,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_graph.valid_tokens = {"the-fixed-token"}  # Meta refuses WACONV_ACCESS_TOKEN: code 190
+    enqueue_many(ready, 2)
+    paused = waconv("dispatch", "--once")
+    assert paused.exit_code == 0, paused.output
+    assert account(ready).status == Account.PAUSED
+
+    # The operator fixes the token in the environment and restarts the dispatcher: it does
+    # not wait for the 5-minute probe.
+    monkeypatch.setenv("WACONV_ACCESS_TOKEN", "the-fixed-token")
+    result = waconv("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert account(ready).status == Account.ACTIVE
+    assert {c.status for c in conversions(ready)} == {Conversion.SENT}

@@ -126,6 +126,7 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from waconv.accounts import registry
     from waconv.conversions.dispatcher import Dispatcher
 
     settings, services = settings_and_services()
@@ -136,6 +137,8 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
     # while batches are built (bench/PROFILE.md: about a quarter of the CPU of each batch).
     gc.freeze()
     try:
+        with services.db.transaction() as session:
+            registry.probe_paused_now(session)
         if once:
             try:
                 stats = dispatcher.run_once(max_seconds=max_seconds)
