@@ -150,6 +150,11 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
             )
             for waba_id in stats.paused_accounts:
                 click.echo(f"account {waba_id} paused; see `waconv accounts list`", err=True)
+            if stats.sent == 0:
+                from waconv.accounts.service import why_idle
+
+                for line in why_idle(services) or ["nothing to send: no conversion is pending"]:
+                    click.echo(line)
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
