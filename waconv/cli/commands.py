@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def register(main: click.Group) -> None:
     """Add these commands to the ``waconv`` group."""
-    for command in (db, webhooks, serve, dispatch, prune):
+    for command in (db, webhooks, serve, dispatch, prune, fake_graph):
         main.add_command(command)
 
 
@@ -184,3 +184,44 @@ def prune(days: int | None) -> None:
         f"pruned {stats.deliveries} delivery bodies, {stats.messages} message texts, "
         f"{stats.statuses} statuses, {stats.notices} notices"
     )
+
+
+@click.command("fake-graph")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8099, show_default=True)
+@click.option(
+    "--token",
+    default=None,
+    help="The access token it accepts (default: a new random one, printed).",
+)
+def fake_graph(host: str, port: int, token: str | None) -> None:
+    """A local stand-in of the Graph API (datasets, events, Meta's validation), to try waconv
+    with no Meta account. Prints its URL and token, then one JSON line per accepted event."""
+    import json
+    import secrets
+    import signal
+    import threading
+
+    from waconv.graph.fake import FakeGraph
+
+    token = token or secrets.token_urlsafe(16)
+
+    def show(events: list[dict[str, object]]) -> None:
+        for event in events:
+            click.echo(json.dumps(event, sort_keys=True))
+
+    try:
+        fake = FakeGraph(valid_tokens={token}, host=host, port=port, on_accept=show).start()
+    except OSError as exc:
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    click.echo(f"fake Graph API on {fake.url}")
+    click.echo(f"  export WACONV_GRAPH_URL={fake.url}")
+    click.echo(f"  export WACONV_ACCESS_TOKEN={token}")
+    click.echo("accepted events follow, one JSON line each (Ctrl-C stops)", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        fake.stop()
