@@ -34,16 +34,22 @@ UNMIGRATED_SCHEMA = "waconv_unmigrated"
 
 
 @pytest.fixture
-def unmigrated_url(db_url: str, tmp_path: Path) -> str:
-    """A database of the same backend with none of waconv's tables."""
+def unmigrated_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A database of the same backend with none of waconv's tables (on PostgreSQL, a schema
+    of its own, dropped afterwards: other tests read the catalog of the whole database)."""
     if db_url.startswith("sqlite"):
-        return f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"
+        yield f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}"
+        return
     engine = make_engine(db_url)
     with engine.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {UNMIGRATED_SCHEMA} CASCADE"))
         conn.execute(text(f"CREATE SCHEMA {UNMIGRATED_SCHEMA}"))
-    engine.dispose()
-    return f"{db_url}?options=-csearch_path%3D{UNMIGRATED_SCHEMA}"
+    try:
+        yield f"{db_url}?options=-csearch_path%3D{UNMIGRATED_SCHEMA}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {UNMIGRATED_SCHEMA} CASCADE"))
+        engine.dispose()
 
 
 # --- the app on a database that was never migrated --------------------------------------------

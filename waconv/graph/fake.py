@@ -248,7 +248,7 @@ class FakeGraph:
         # When set, only this Graph version is served; any "v..." otherwise.
         self.version = version
         self.host = host
-        self.port = port  # 0: any free port
+        self.bind_port = port  # 0: any free port
         # Called with each accepted batch of events, outside the lock (`waconv fake-graph`).
         self.on_accept = on_accept
         # ctwa_clids Meta does not know: an event carrying one rejects its batch (100/2804087).
@@ -274,7 +274,7 @@ class FakeGraph:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server(self, self.host, self.port)
+        self._server = _Server(self, self.host, self.bind_port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": SERVE_POLL_SECONDS},
