@@ -6,9 +6,15 @@ Every value can be overridden on the command line or through GUNICORN_CMD_ARGS.
 import os
 
 bind = os.environ.get("WACONV_BIND", "127.0.0.1:8000")
-# Webhook requests are short and mostly database-bound: 2-4 sync workers per core.
+# Webhook requests are short and mostly database-bound: 2-4 workers per core.
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-worker_class = "sync"
+# Threads, not sync workers: a sync worker is one connection at a time, so four clients that
+# send their headers and never their body stalled all four (/healthz took 33 s). A stalled
+# body now holds one thread of a worker's 32; gunicorn hands a connection to a thread only
+# once its first bytes arrive. README "Production" has the figures, and the proxy that ends
+# the problem for good (config/nginx.conf buffers bodies before they reach gunicorn).
+worker_class = "gthread"
+threads = int(os.environ.get("WACONV_WEB_THREADS", "32"))
 # Meta gives up on a slow endpoint and redelivers; never hold a request this long.
 timeout = 30
 graceful_timeout = 30

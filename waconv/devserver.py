@@ -55,8 +55,11 @@ def run_dev_server(*, host: str | None, port: int | None, dispatcher: bool) -> N
     stop = threading.Event()
     worker: threading.Thread | None = None
     if dispatcher:
+        from waconv.accounts import registry
         from waconv.conversions.dispatcher import Dispatcher
 
+        with services.db.transaction() as session:
+            registry.probe_paused_now(session)
         loop = Dispatcher(services)
         worker = threading.Thread(
             target=loop.run_forever, args=(stop,), name="dispatcher", daemon=True

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ def register_error_handlers(app: Flask) -> None:
             if name.lower() != "content-type":
                 response.headers[name] = value
         return response, status
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database_error(err: SQLAlchemyError) -> Any:
+        from waconv.outage import unavailable
+        from waconv.services import current_services
+
+        return _api_error(unavailable(current_services().db, err))
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Any:

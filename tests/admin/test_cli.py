@@ -226,5 +226,7 @@ def test_unreachable_database_is_one_line(
     waconv: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WACONV_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
-    _fails(waconv("list"), "database error")
-    _fails(waconv("mark", "--wa-id", WA_ID, "--event", "LeadSubmitted"), "database error")
+    _fails(waconv("list"), "cannot reach the database")
+    _fails(
+        waconv("mark", "--wa-id", WA_ID, "--event", "LeadSubmitted"), "cannot reach the database"
+    )

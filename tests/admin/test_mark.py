@@ -235,8 +235,8 @@ def test_conversation_without_a_click_is_422(
 
 @pytest.mark.parametrize(
     "age",
-    [timedelta(0), timedelta(hours=3), timedelta(days=7) - timedelta(seconds=1), timedelta(days=7)],
-    ids=["now", "3h", "7d-1s", "7d"],
+    [timedelta(0), timedelta(hours=3), timedelta(days=7) - timedelta(minutes=10)],
+    ids=["now", "3h", "10min-left"],
 )
 def test_event_time_within_7_days_is_accepted(
     admin: Admin, services: Services, clicked: str, age: timedelta
@@ -268,6 +268,24 @@ def test_event_time_outside_the_window_is_400(
     assert r.json["error"]["field"] == "event_time"
     assert "event_time" in r.json["error"]["message"]
     assert words in r.json["error"]["message"]
+    assert count(services, Conversion) == 0
+
+
+@pytest.mark.parametrize(
+    "age",
+    [timedelta(days=7) - timedelta(minutes=10) + timedelta(seconds=1), timedelta(days=7)],
+    ids=["9min59s-left", "0s-left"],
+)
+def test_event_time_too_close_to_the_7_day_limit_is_400(
+    admin: Admin, services: Services, clicked: str, age: timedelta
+) -> None:
+    # Accepted, it would expire before a dispatcher waiting for its turn or a retry sent it.
+    with freeze_time(NOW):
+        r = admin.mark(wa_id=clicked, event_name="LeadSubmitted", event_time=to_unix(NOW - age))
+    assert r.status_code == 400, r.json
+    assert r.json["error"]["code"] == "invalid_event_time"
+    assert r.json["error"]["field"] == "event_time"
+    assert "less than 10 minutes" in r.json["error"]["message"]
     assert count(services, Conversion) == 0
 
 
@@ -473,6 +491,27 @@ BAD_BODIES: list[tuple[str, Any, str, str, str]] = [
         "it looks like milliseconds",
     ),
     (
+        "custom-data-over-64-kib",
+        {"wa_id": WA_ID, "event_name": "LeadSubmitted", "custom_data": {"note": "x" * 65_536}},
+        "invalid_custom_data",
+        "custom_data",
+        "at most 65536",
+    ),
+    (
+        "currency-not-iso-4217",
+        {"wa_id": WA_ID, "event_name": "Purchase", "custom_data": {"value": 1, "currency": "ZZZ"}},
+        "invalid_custom_data",
+        "custom_data.currency",
+        "not an active ISO 4217 currency code",
+    ),
+    (
+        "currency-withdrawn",
+        {"wa_id": WA_ID, "event_name": "Purchase", "custom_data": {"value": 1, "currency": "HRK"}},
+        "invalid_custom_data",
+        "custom_data.currency",
+        "not an active ISO 4217 currency code",
+    ),
+    (
         "order-id-number",
         {"wa_id": WA_ID, "event_name": "OrderCreated", "order_id": 12},
         "invalid_field",
@@ -556,6 +595,15 @@ def test_bodies_that_are_not_json_or_not_finite_are_400(
     assert r.json["error"]["code"] in {"invalid_json", "invalid_custom_data"}
     assert r.json["error"]["field"] in {"body", "custom_data.value", "custom_data.x"}
     assert count(services, Conversion) == 0
+
+
+def test_custom_data_of_64_kib_is_accepted(admin: Admin, services: Services, clicked: str) -> None:
+    # {"note":"..."} is 11 bytes around the text: exactly 64 KiB as compact JSON.
+    with freeze_time(NOW):
+        r = admin.mark(
+            wa_id=clicked, event_name="LeadSubmitted", custom_data={"note": "x" * (65_536 - 11)}
+        )
+    assert r.status_code == 202, r.json
 
 
 def test_validation_comes_before_the_conversation_lookup(admin: Admin, services: Services) -> None:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from freezegun import freeze_time
 
 from tests.conftest import ACCESS_TOKEN, WABA_ID
-from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one, one
+from tests.dispatch.helpers import account, clid, conversions, enqueue_many, enqueue_one, one
 from waconv.cli import main
+from waconv.clock import isoformat
 from waconv.conversions.dispatcher import Dispatcher
 from waconv.graph.fake import FakeGraph
-from waconv.models import Conversion
+from waconv.models import Account, Conversion
 from waconv.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,3 +270,70 @@ def test_run_forever_keeps_going_after_a_failed_step(
         thread.join(STOP_SECONDS)
     assert not thread.is_alive()
     assert {r.status for r in conversions(ready)} == {Conversion.SENT}
+
+
+def test_a_dispatcher_started_with_a_fixed_token_tries_the_paused_account_at_once(
+    waconv: Callable[..., Result],
+    ready: Services,
+    fake_graph: FakeGraph,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_graph.valid_tokens = {"the-fixed-token"}  # Meta refuses WACONV_ACCESS_TOKEN: code 190
+    enqueue_many(ready, 2)
+    paused = waconv("dispatch", "--once")
+    assert paused.exit_code == 0, paused.output
+    assert account(ready).status == Account.PAUSED
+
+    # The operator fixes the token in the environment and restarts the dispatcher: it does
+    # not wait for the 5-minute probe.
+    monkeypatch.setenv("WACONV_ACCESS_TOKEN", "the-fixed-token")
+    result = waconv("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert account(ready).status == Account.ACTIVE
+    assert {c.status for c in conversions(ready)} == {Conversion.SENT}
+
+
+# --- an empty run says why, per account -------------------------------------------------------
+
+
+def test_an_empty_run_says_why_held_with_the_command_that_fixes_it(
+    waconv: Callable[..., Result], ready: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WACONV_ACCESS_TOKEN", "")
+    enqueue_many(ready, 2)
+    result = waconv("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert f"account {WABA_ID}: 2 events held: no access token" in result.stdout
+    assert f"waconv accounts set-token --waba-id {WABA_ID}" in result.stdout
+
+
+def test_an_empty_run_says_until_when_an_account_is_paused(
+    waconv: Callable[..., Result], ready: Services, fake_graph: FakeGraph
+) -> None:
+    fake_graph.valid_tokens = {"another-token"}
+    with freeze_time("2025-06-20T12:00:00Z"):
+        enqueue_many(ready, 1)
+        waconv("dispatch", "--once")
+        result = waconv("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert f"account {WABA_ID}: paused until 2025-06-20T12:05:00Z" in result.stdout
+    assert "1 event waiting" in result.stdout
+
+
+def test_an_empty_run_says_until_when_an_account_backs_off(
+    waconv: Callable[..., Result], ready: Services, fake_graph: FakeGraph
+) -> None:
+    enqueue_many(ready, 3)
+    fake_graph.fail_next(1, "http500")
+    first = waconv("dispatch", "--once")
+    assert "retrying 3" in first.stdout
+    retry_at = min(c.next_attempt_at for c in conversions(ready))
+    result = waconv("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert f"account {WABA_ID}: 3 events backing off until {isoformat(retry_at)}" in result.stdout
+
+
+def test_a_run_with_nothing_pending_says_so(waconv: Callable[..., Result], ready: Services) -> None:
+    result = waconv("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert "nothing to send: no conversion is pending" in result.stdout

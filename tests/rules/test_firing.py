@@ -356,6 +356,29 @@ def test_an_order_of_mixed_currencies_is_refused_with_a_notice(chat: Chat) -> No
     assert {d.status for d in rows(chat.services, WebhookDelivery)} == {WebhookDelivery.PROCESSED}
 
 
+@pytest.mark.parametrize(
+    "raw_price",
+    [b'"1e999999999"', b"1e999999999", b'"9' + b"9" * 40 + b'"', b"1" + b"0" * 5000],
+    ids=["string", "json-number", "41-digits", "5001-digit-integer"],
+)
+def test_an_unrepresentable_price_is_a_notice_and_the_rest_of_the_delivery_is_processed(
+    chat: Chat, raw_price: bytes
+) -> None:
+    _clicked(chat)
+    payload = p.delivery(
+        p.order([_item(2, 12345, "big")], ts=TS),
+        p.text("what is the price?", ts=TS + 1, id="wamid.after"),
+    )
+    # Written into the body by hand: no JSON encoder writes a number Python cannot hold.
+    body = encode(payload).replace(b"12345", raw_price, 1)
+    r = chat.client.post("/webhook", data=body, headers=signed_headers(body))
+    assert r.status_code == 200, r.data
+    notice = one(chat.services, WebhookNotice, WebhookNotice.kind == "rule_refused")
+    assert "item_price" in notice.message
+    assert [c.rule_name for c in chat.conversions()] == ["asked-for-price"]
+    assert {d.status for d in rows(chat.services, WebhookDelivery)} == {WebhookDelivery.PROCESSED}
+
+
 def test_order_rules_do_not_see_text_messages(chat: Chat) -> None:
     _clicked(chat)
     chat.send(p.order([_item(1, 5)], note="what's the price of shipping?", ts=TS))

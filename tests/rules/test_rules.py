@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,9 @@ def _toml(**keys: str | None) -> str:
         ({"event": "true"}, "rule 'r'", "event", "event_name must be a string"),
         ({"match": '"(unclosed"'}, "rule 'r'", "match", "is not a valid regular expression"),
         ({"match": '""'}, "rule 'r'", "match", "is empty"),
+        # Backtracking-only constructs: refused at start rather than run without a time bound.
+        ({"match": "'(a)\\1'"}, "rule 'r'", "match", "linear-time engine"),
+        ({"match": "'(?=a)b'"}, "rule 'r'", "match", "no backreferences, lookahead"),
         ({"match": "['a']"}, "rule 'r'", "match", "must be a regex string"),
         ({"once": '"yes"'}, "rule 'r'", "once", "must be true or false"),
         ({"once": "1"}, "rule 'r'", "once", "must be true or false"),
@@ -441,3 +445,12 @@ def test_event_custom_data_empty() -> None:
     assert rule.event_custom_data() is None
     assert rule.event_custom_data({}) is None
     assert rule.event_custom_data({"value": 1}) == {"value": 1}
+
+
+def test_a_catastrophic_pattern_matches_a_hostile_text_in_linear_time() -> None:
+    # Python's backtracking engine takes minutes on this (2^40 ways to split the a's).
+    rule = _rule('name = "r"\non = "message"\nmatch = \'^(a+)+$\'\nevent = "LeadSubmitted"\n')
+    started = time.perf_counter()
+    assert not rule.matches("a" * 40 + "!", "text")
+    assert rule.matches("a" * 40, "text")
+    assert time.perf_counter() - started < 0.5

@@ -85,7 +85,6 @@ def test_uppercase_hex_digest_is_accepted(client, services):
         b"42",
         b"null",
         b'{"entry": NaN}',  # not JSON (RFC 8259), though Python's parser takes it
-        b'{"entry": [1e400]}',  # a float Python reads as inf
         b'{"a": ' * 20000 + b"1" + b"}" * 20000,  # nesting beyond any parser's stack
         '{"object": "whatsapp_business_account"}'.encode("utf-16"),  # JSON is UTF-8 (RFC 8259)
     ],
@@ -99,7 +98,6 @@ def test_uppercase_hex_digest_is_accepted(client, services):
         "number",
         "null",
         "nan",
-        "inf",
         "deep",
         "utf-16",
     ],

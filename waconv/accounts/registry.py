@@ -227,6 +227,20 @@ def pause(
     return was_active
 
 
+def probe_paused_now(session: Session, now: datetime | None = None) -> int:
+    """Make every paused account due for its probe now; how many. A dispatcher calls it as it
+    starts: its environment may carry what was fixed (a new WACONV_ACCESS_TOKEN, a dataset),
+    and the operator who restarted it should not wait for the periodic probe."""
+    now = now or utcnow()
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        update(Account)
+        .where(Account.status == Account.PAUSED, Account.probe_at > now)
+        .values(probe_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
+
+
 def resume(account: Account, why: str) -> None:
     if account.status != Account.PAUSED:
         return

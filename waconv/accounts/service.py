@@ -282,3 +282,58 @@ def _view(account: Account, services: Services) -> AccountView:
         ldu_country=account.ldu_country,
         ldu_state=account.ldu_state,
     )
+
+
+def why_idle(services: Services) -> list[str]:
+    """Why each account with events waiting sent none of them now, one line each: held (the
+    reason, with the command that fixes it), paused until its next probe, backing off until
+    its next retry, or leased by another dispatcher. For ``waconv dispatch --once``."""
+    from sqlalchemy import func, select
+
+    from waconv.clock import utcnow
+    from waconv.models import Conversion
+
+    now = utcnow()
+    lines = []
+    with services.db.transaction() as session:
+        waiting = session.execute(
+            select(Conversion.waba_id, func.count(), func.min(Conversion.next_attempt_at))
+            .where(Conversion.status == Conversion.PENDING)
+            .group_by(Conversion.waba_id)
+            .order_by(Conversion.waba_id)
+        ).all()
+        for waba_id, count, next_at in waiting:
+            account = registry.get_account(session, waba_id)
+            events = f"{count} event{'s' if count != 1 else ''}"
+            if account is not None and account.status == Account.PAUSED:
+                lines.append(
+                    f"account {waba_id}: paused until {isoformat(account.probe_at)} (its next "
+                    f"probe), {events} waiting: {account.status_reason}"
+                )
+                continue
+            held = session.scalar(
+                select(Conversion.last_error)
+                .where(
+                    Conversion.waba_id == waba_id,
+                    Conversion.status == Conversion.PENDING,
+                    Conversion.last_error.startswith(registry.HELD_PREFIX, autoescape=True),
+                )
+                .limit(1)
+            )
+            if held is not None:
+                reason = held.removeprefix(registry.HELD_PREFIX).strip()
+                lines.append(f"account {waba_id}: {events} held: {reason}")
+            elif next_at is not None and next_at > now:
+                lines.append(f"account {waba_id}: {events} backing off until {isoformat(next_at)}")
+            elif (
+                account is not None
+                and account.dispatch_leased_until is not None
+                and account.dispatch_leased_until > now
+            ):
+                lines.append(
+                    f"account {waba_id}: {events} due, another dispatcher has the account "
+                    f"until {isoformat(account.dispatch_leased_until)}"
+                )
+            else:
+                lines.append(f"account {waba_id}: {events} due; run again to send them")
+    return lines

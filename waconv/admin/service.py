@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,12 @@ MAX_UNIX_SECONDS = 253_402_300_799
 MAX_ORDER_ID = 255  # Conversion.order_id is VARCHAR(255)
 MAX_IDENTIFIER = 255  # wa_id, user_id, phone_number_id: far longer than Meta's ids
 MAX_JSON_DEPTH = 32  # custom_data nesting; Meta's own parameters are at most 3 deep
+# custom_data as compact JSON: Meta's own parameters take a few hundred bytes, and one event is
+# a share of a request body 1,000 events must fit in.
+MAX_CUSTOM_DATA_BYTES = 64 * 1024
+# An event marked with less time than this before Meta's 7-day limit could expire while it
+# waits for its account's turn or a retry: refused now rather than accepted and then expired.
+MIN_TIME_LEFT = timedelta(minutes=10)
 EVENT_ID_PREFIX = "adm."  # admin-marked conversions are recognisable in Meta's Events Manager
 CURSOR_PREFIX = "c1:"  # versions the cursor format, so it can change without misreading old ones
 
@@ -183,6 +190,13 @@ class MarkRequest:
         custom_data = body.get("custom_data")
         if custom_data is not None:
             check_json_document("custom_data", custom_data)
+            size = len(json.dumps(custom_data, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > MAX_CUSTOM_DATA_BYTES:
+                raise bad_request(
+                    "invalid_custom_data",
+                    "custom_data",
+                    f"custom_data is {size} bytes as JSON; at most {MAX_CUSTOM_DATA_BYTES}",
+                )
         try:
             checked = validate_custom_data(event_name, custom_data)
         except InvalidConversion as exc:
@@ -192,11 +206,20 @@ class MarkRequest:
         event_time = None
         if body.get("event_time") is not None:
             event_time = _unix_seconds("event_time", body["event_time"])
+            now = utcnow()
             try:
                 # An operator's time ahead of now is a mistake, not a clock's drift.
-                validate_event_time(event_time, utcnow(), future_skew=timedelta(0))
+                validate_event_time(event_time, now, future_skew=timedelta(0))
             except InvalidConversion as exc:
                 raise _invalid_conversion(exc) from None
+            if event_time < now - MAX_EVENT_AGE + MIN_TIME_LEFT:
+                raise bad_request(
+                    "invalid_event_time",
+                    "event_time",
+                    f"event_time {isoformat(event_time)} reaches Meta's {MAX_EVENT_AGE.days}-day "
+                    f"limit in less than {MIN_TIME_LEFT.seconds // 60} minutes; it could not be "
+                    "sent in time",
+                )
 
         phone_number_id = None
         if body.get("phone_number_id") is not None:

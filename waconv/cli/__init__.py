@@ -57,12 +57,35 @@ def fail_cleanly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def settings_and_services() -> tuple[Settings, Services]:
+def settings_and_services(*, migrated: bool = True) -> tuple[Settings, Services]:
+    """This run's settings and services; with ``migrated``, refuse (one line, exit 1) a
+    database that is not at this code's schema, before a command fails on a missing table."""
     from waconv.logs import configure_logging
 
     settings = load_settings()
     configure_logging(settings)
-    return settings, Services.build(settings)
+    services = Services.build(settings)
+    if migrated:
+        try:
+            require_migrated(services)
+        except BaseException:
+            services.close()
+            raise
+    return settings, services
+
+
+def require_migrated(services: Services) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from waconv import schema
+
+    try:
+        with services.db.engine.connect() as conn:
+            reason = schema.behind(conn)
+    except SQLAlchemyError as exc:
+        raise Failure(f"cannot reach the database: {type(exc).__name__}") from None
+    if reason is not None:
+        raise Failure(reason)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def register(main: click.Group) -> None:
     """Add these commands to the ``waconv`` group."""
-    for command in (db, webhooks, serve, dispatch, prune):
+    for command in (db, webhooks, serve, dispatch, prune, fake_graph):
         main.add_command(command)
 
 
@@ -30,7 +30,8 @@ def db_upgrade() -> None:
     """Migrate the database to the newest schema."""
     from waconv import schema
 
-    _, services = settings_and_services()  # also refuses a malformed rules file
+    # Also refuses a malformed rules file.
+    _, services = settings_and_services(migrated=False)
     try:
         schema.upgrade(services.db.engine)
     finally:
@@ -85,7 +86,11 @@ def webhooks_replay(ids: tuple[int, ...], all_failed: bool) -> None:
         else:
             failures += 1
             click.echo(f"delivery {result.delivery_id}: failed: {result.error}")
-    click.echo(f"{len(results)} replayed, {failures} failed")
+    if results or not ids:
+        click.echo(f"{len(results)} replayed, {failures} failed")
+    unknown = sorted(set(ids) - {result.delivery_id for result in results})
+    if unknown:
+        raise Failure(f"no stored delivery with id {', '.join(map(str, unknown))}")
     if failures:
         sys.exit(1)
 
@@ -99,6 +104,8 @@ def serve(host: str | None, port: int | None, no_dispatcher: bool) -> None:
     """The app and a dispatcher beside it, for development (production: gunicorn)."""
     from waconv.devserver import run_dev_server
 
+    _, services = settings_and_services()  # refuses a database not migrated, in one line
+    services.close()
     run_dev_server(host=host, port=port, dispatcher=not no_dispatcher)
 
 
@@ -119,6 +126,7 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from waconv.accounts import registry
     from waconv.conversions.dispatcher import Dispatcher
 
     settings, services = settings_and_services()
@@ -129,6 +137,8 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
     # while batches are built (bench/PROFILE.md: about a quarter of the CPU of each batch).
     gc.freeze()
     try:
+        with services.db.transaction() as session:
+            registry.probe_paused_now(session)
         if once:
             try:
                 stats = dispatcher.run_once(max_seconds=max_seconds)
@@ -140,6 +150,11 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
             )
             for waba_id in stats.paused_accounts:
                 click.echo(f"account {waba_id} paused; see `waconv accounts list`", err=True)
+            if stats.sent == 0:
+                from waconv.accounts.service import why_idle
+
+                for line in why_idle(services) or ["nothing to send: no conversion is pending"]:
+                    click.echo(line)
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -169,3 +184,44 @@ def prune(days: int | None) -> None:
         f"pruned {stats.deliveries} delivery bodies, {stats.messages} message texts, "
         f"{stats.statuses} statuses, {stats.notices} notices, {stats.requests} requests"
     )
+
+
+@click.command("fake-graph")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8099, show_default=True)
+@click.option(
+    "--token",
+    default=None,
+    help="The access token it accepts (default: a new random one, printed).",
+)
+def fake_graph(host: str, port: int, token: str | None) -> None:
+    """A local stand-in of the Graph API (datasets, events, Meta's validation), to try waconv
+    with no Meta account. Prints its URL and token, then one JSON line per accepted event."""
+    import json
+    import secrets
+    import signal
+    import threading
+
+    from waconv.graph.fake import FakeGraph
+
+    token = token or secrets.token_urlsafe(16)
+
+    def show(events: list[dict[str, object]]) -> None:
+        for event in events:
+            click.echo(json.dumps(event, sort_keys=True))
+
+    try:
+        fake = FakeGraph(valid_tokens={token}, host=host, port=port, on_accept=show).start()
+    except OSError as exc:
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    click.echo(f"fake Graph API on {fake.url}")
+    click.echo(f"  export WACONV_GRAPH_URL={fake.url}")
+    click.echo(f"  export WACONV_ACCESS_TOKEN={token}")
+    click.echo("accepted events follow, one JSON line each (Ctrl-C stops)", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        fake.stop()

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from waconv.clock import to_unix
+from waconv.conversions.currencies import ACTIVE_CODES
 
 # Meta's list for action_source=business_messaging (meta-api.md §3.4); any other name, `Lead`
 # included, is refused with 100/2804066 and takes the whole batch down with it.
@@ -269,6 +270,10 @@ def _currency(field: str, value: object) -> str:
         raise InvalidConversion(
             field, f"{field} must be a 3-letter ISO 4217 code such as 'USD', not {value!r}"
         )
+    if value.upper() not in ACTIVE_CODES:
+        raise InvalidConversion(
+            field, f"{field} {value!r} is not an active ISO 4217 currency code (e.g. 'USD')"
+        )
     return value.upper()
 
 
@@ -475,11 +480,18 @@ def _webhook_decimal(field: str, value: object) -> Decimal:
         raise InvalidConversion(field, f"{field} must be a number, not {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise InvalidConversion(field, f"{field} must be a finite number >= 0, not {value!r}")
+    # "1e999999999" is a finite Decimal whose first product overflows the arithmetic.
+    if amount.adjusted() >= MAX_AMOUNT_DIGITS:
+        raise InvalidConversion(
+            field, f"{field} has more than {MAX_AMOUNT_DIGITS} digits before the point"
+        )
     return amount
 
 
 def _webhook_quantity(field: str, value: object) -> int:
     if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        if len(value.strip()) > MAX_AMOUNT_DIGITS:
+            raise InvalidConversion(field, f"{field} has more than {MAX_AMOUNT_DIGITS} digits")
         value = int(value)
     return _integer(field, value, minimum=1)
 

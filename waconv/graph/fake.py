@@ -31,7 +31,7 @@ import json
 import socket
 import socketserver
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -154,12 +154,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, fake: FakeGraph, host: str) -> None:
+    def __init__(self, fake: FakeGraph, host: str, port: int = 0) -> None:
         self.fake = fake
         self.connections: set[socket.socket] = set()
         self.connections_changed = threading.Condition()
         self.connections_opened = 0
-        super().__init__((host, 0), _Handler)
+        super().__init__((host, port), _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name (getfqdn), slow without a resolver.
@@ -233,6 +233,8 @@ class FakeGraph:
         app_secret: str | None = None,
         version: str | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
+        on_accept: Callable[[list[JsonObject]], None] | None = None,
     ) -> None:
         self.valid_tokens: set[str] = (
             set(valid_tokens) if valid_tokens is not None else {DEFAULT_TOKEN}
@@ -246,6 +248,9 @@ class FakeGraph:
         # When set, only this Graph version is served; any "v..." otherwise.
         self.version = version
         self.host = host
+        self.bind_port = port  # 0: any free port
+        # Called with each accepted batch of events, outside the lock (`waconv fake-graph`).
+        self.on_accept = on_accept
         # ctwa_clids Meta does not know: an event carrying one rejects its batch (100/2804087).
         self.invalid_clids: set[str] = set()
         # dataset_id -> the WABA it is linked to; events of another WABA: 100/2804132.
@@ -269,7 +274,7 @@ class FakeGraph:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server(self, self.host)
+        self._server = _Server(self, self.host, self.bind_port)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": SERVE_POLL_SECONDS},
@@ -568,6 +573,8 @@ class FakeGraph:
         with self.lock:
             self.events.extend(data)
             record["accepted"] = True
+        if self.on_accept is not None:
+            self.on_accept(data)
         return _json_reply(
             200, {"events_received": len(data), "messages": [], "fbtrace_id": _fbtrace()}
         )

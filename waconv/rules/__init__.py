@@ -10,7 +10,8 @@ Keys of a rule:
 ``name``           required, unique, ``[A-Za-z0-9_.-]{1,64}``; part of the event_id it fires.
 ``on``             required: ``message`` (text, button and interactive replies), ``order`` (a
                    catalog order message) or ``automatic_event`` (Meta-detected events).
-``match``          optional regex, ``re.search``-ed on the trigger's text: for ``message`` the
+``match``          optional regex (RE2 syntax: linear-time matching, see ``compile_match``),
+                   searched anywhere in the trigger's text: for ``message`` the
                    text body, button text or reply title; for ``order`` the note the customer
                    typed with the order; for ``automatic_event`` Meta's event name
                    (``Purchase`` or ``LeadSubmitted``). Absent: every trigger of that kind.
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
+
+import re2
 
 from waconv.conversions.events import InvalidConversion, validate_custom_data, validate_event_name
 
@@ -59,7 +62,7 @@ _Fail = Callable[[str, str], RulesError]
 class Rule:
     name: str
     on: Trigger
-    match: re.Pattern[str] | None
+    match: re2._Regexp | None
     event: str
     once: bool = True
     # Read-only view of normalized defaults; event_custom_data() hands out fresh copies.
@@ -70,7 +73,7 @@ class Rule:
     def matches(self, text: str | None, message_type: str | None = None) -> bool:
         """Whether this rule fires for a trigger with this text (and message type).
 
-        No ``match``: any text, None included. With ``match``: ``re.search`` on the text; no
+        No ``match``: any text, None included. With ``match``: a search in the text; no
         text never matches. With ``message_types``: the type must be one of them (an unknown
         type, None included, does not match).
         """
@@ -241,7 +244,7 @@ def _parse_rule(entry: object, source: str, position: int) -> Rule:
     return rule
 
 
-def _parse_match(pattern: object, fail: _Fail) -> re.Pattern[str] | None:
+def _parse_match(pattern: object, fail: _Fail) -> re2._Regexp | None:
     if pattern is None:
         return None
     if not isinstance(pattern, str):
@@ -250,9 +253,23 @@ def _parse_match(pattern: object, fail: _Fail) -> re.Pattern[str] | None:
         # An empty regex matches everything; leaving `match` out says that on purpose.
         raise fail("match", "is empty; leave 'match' out to match every trigger")
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise fail("match", f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return compile_match(pattern)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise fail(
+            "match",
+            f"{pattern!r} is not a valid regular expression for RE2, the linear-time engine "
+            f"rules run on (it has no backreferences, lookahead or lookbehind): {reason}",
+        ) from None
+
+
+def compile_match(pattern: str) -> re2._Regexp:
+    """A rule's regex, compiled by RE2: its time is linear in the text, so no customer's
+    message (``^(a+)+$`` against "aaaa…a!") can hold the processors. RE2 refuses what it
+    cannot run that way (backreferences, lookaround) instead of backtracking."""
+    options = re2.Options()
+    options.log_errors = False  # the refusal is ours to word, once, naming the rule
+    return re2.compile(pattern, options)
 
 
 def _parse_message_types(value: object, trigger: Trigger, fail: _Fail) -> frozenset[str] | None:

@@ -49,12 +49,19 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _finite_float(text: str) -> float:
-    # 1e400 parses to inf, which no database can keep in a JSON column either.
+def _float_or_text(text: str) -> float | str:
+    # 1e400 parses to inf, which no database can keep in a JSON column: such a number stays
+    # the text it was written as, and whatever reads it refuses that one field, not the delivery.
     value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is out of range")
-    return value
+    return value if math.isfinite(value) else text
+
+
+def _int_or_text(text: str) -> int | str:
+    # Past 4,300 digits int() refuses (CVE-2020-10735): kept as text, like a float too large.
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def parse_body(raw: bytes) -> Any:
@@ -63,7 +70,9 @@ def parse_body(raw: bytes) -> Any:
     UTF-8 only, as RFC 8259 requires between systems (a leading BOM is allowed): given bytes,
     ``json.loads`` would also read UTF-16 and UTF-32."""
     text = raw.decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    return json.loads(
+        text, parse_constant=_refuse_constant, parse_float=_float_or_text, parse_int=_int_or_text
+    )
 
 
 OUTCOMES = ("stored", "duplicate", "processing_failed")

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, request
 from werkzeug.http import HTTP_STATUS_CODES
 
 from waconv.metrics import WEBHOOK_DELIVERIES, WEBHOOK_SECONDS
+from waconv.outage import database_errors, unavailable
 from waconv.services import Services, current_services
 from waconv.webhooks import ingest, processor, signature
 
@@ -49,6 +50,7 @@ class Answer:
 
     status: int
     body: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _reject(status: int, outcome: str, message: str) -> Answer:
@@ -79,7 +81,17 @@ def handle(services: Services, raw: bytes, header: str | None) -> Answer:
     if not isinstance(payload, dict):
         return _reject(400, "bad_json", "body is not a JSON object")
 
-    result = ingest.receive(services, raw, payload)
+    errors = database_errors(services.db)
+    try:
+        result = ingest.receive(services, raw, payload)
+    except errors:
+        # A pooled connection broken by a database restart was discarded: once more on a new one.
+        try:
+            result = ingest.receive(services, raw, payload)
+        except errors as exc:
+            refusal = unavailable(services.db, exc)
+            answer = _reject(503, refusal.code, refusal.message)
+            return Answer(answer.status, answer.body, tuple(refusal.headers.items()))
     if result.outcome == "stored" and services.settings.webhook_processing == "background":
         processor.wake(services)
     _COUNTED[result.outcome].inc()
@@ -96,7 +108,9 @@ def receive() -> Response:
         request.get_data(cache=False),  # bounded by MAX_CONTENT_LENGTH (413 beyond 3 MiB)
         request.headers.get("X-Hub-Signature-256"),
     )
-    return Response(answer.body, status=answer.status, mimetype="application/json")
+    return Response(
+        answer.body, status=answer.status, headers=answer.headers, mimetype="application/json"
+    )
 
 
 class FrontDoor:
@@ -138,6 +152,7 @@ class FrontDoor:
             else:
                 body = answer.body.encode()
                 headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                headers.extend(answer.headers)
                 start_response(_STATUS_LINES[answer.status], headers)
                 return [body]
         environ["wsgi.input"] = io.BytesIO(raw)
