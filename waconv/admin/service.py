@@ -312,14 +312,22 @@ def _marked_before(session: Session, request: MarkRequest) -> Conversion | None:
     )
 
 
-def mark_conversion(session: Session, request: MarkRequest, *, source: str = "admin") -> Marked:
+def mark_conversion(
+    session: Session,
+    request: MarkRequest,
+    *,
+    source: str = "admin",
+    conversation: Conversation | None = None,
+) -> Marked:
     """Enqueue the conversion, or return the one already recorded for it (``created=False``).
 
     ``source`` says who marked it (one of MARKED_SOURCES); it is not part of the event id, so
-    the same order marked by an operator and by a connector is one conversion."""
-    conversation = store.find_conversation(
-        session, request.user, request.phone_number_id, field=request.user_field
-    )
+    the same order marked by an operator and by a connector is one conversion. A connector
+    that found the request's conversation already passes it as ``conversation``."""
+    if conversation is None:
+        conversation = store.find_conversation(
+            session, request.user, request.phone_number_id, field=request.user_field
+        )
     if conversation is None:
         where = f" on phone number {request.phone_number_id}" if request.phone_number_id else ""
         raise APIError(

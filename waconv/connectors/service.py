@@ -131,7 +131,7 @@ def _mark_for(
     pinned = dataclasses.replace(
         mark, user_field=user_field, user=user, phone_number_id=conversation.phone_number_id
     )
-    return admin.mark_conversion(session, pinned, source=source)
+    return admin.mark_conversion(session, pinned, source=source, conversation=conversation)
 
 
 # --- Shopify ----------------------------------------------------------------------------------
@@ -159,85 +159,89 @@ def receive_shopify(session: Session, delivery: ShopifyDelivery, default_region:
     """Record the delivery once (by its webhook id) and mark the conversion it stands for.
 
     Whatever the order holds, Shopify gets its 200: an order that matches no conversation, or
-    whose conversion Meta would refuse, is kept with the reason, for the unmatched list.
+    whose conversion Meta would refuse, is kept with the reason, for the unmatched list. The
+    receipt is written last, in one statement; two copies racing both decide the same thing
+    (the conversion is keyed by its event id), and only the first receipt is kept.
     """
-    receipt_id = insert_or_ignore(
-        session,
-        ConnectorReceipt,
-        {
-            "connector": SHOPIFY,
-            "webhook_id": delivery.webhook_id,
-            "topic": delivery.topic[:64],
-            "outcome": ConnectorReceipt.IGNORED,
-        },
-    )
-    if receipt_id is None:
+    earlier = _earlier(session, SHOPIFY, delivery.webhook_id)
+    if earlier is not None:
         CONNECTOR_DELIVERIES.labels(connector=SHOPIFY, outcome="duplicate").inc()
-        return _earlier(session, SHOPIFY, delivery.webhook_id)
-    receipt = session.get(ConnectorReceipt, receipt_id)
-    assert receipt is not None
-    _apply_shopify(session, receipt, delivery, default_region)
-    session.flush()
-    CONNECTOR_DELIVERIES.labels(connector=SHOPIFY, outcome=receipt.outcome).inc()
+        return earlier
+    values: dict[str, Any] = {
+        "connector": SHOPIFY,
+        "webhook_id": delivery.webhook_id,
+        "topic": delivery.topic[:64],
+        "outcome": ConnectorReceipt.IGNORED,
+        "received_at": utcnow(),
+    }
+    values.update(_apply_shopify(session, delivery, default_region))
+    receipt_id = insert_or_ignore(session, ConnectorReceipt, values)
+    if receipt_id is None:
+        raced = _earlier(session, SHOPIFY, delivery.webhook_id)
+        assert raced is not None
+        return raced
+    CONNECTOR_DELIVERIES.labels(connector=SHOPIFY, outcome=values["outcome"]).inc()
     log.info(
         "connector.shopify receipt=%s topic=%s outcome=%s matched_by=%s conversion=%s",
-        receipt.id,
-        receipt.topic,
-        receipt.outcome,
-        receipt.matched_by,
-        receipt.conversion_id,
+        receipt_id,
+        values["topic"],
+        values["outcome"],
+        values.get("matched_by"),
+        values.get("conversion_id"),
     )
-    return Receipt(receipt.id, receipt.outcome, receipt.conversion_id)
+    return Receipt(receipt_id, values["outcome"], values.get("conversion_id"))
 
 
-def _earlier(session: Session, connector: str, webhook_id: str) -> Receipt:
-    earlier = session.scalar(
-        select(ConnectorReceipt).where(
+def _earlier(session: Session, connector: str, webhook_id: str) -> Receipt | None:
+    row = session.execute(
+        select(ConnectorReceipt.id, ConnectorReceipt.conversion_id).where(
             ConnectorReceipt.connector == connector, ConnectorReceipt.webhook_id == webhook_id
         )
-    )
-    assert earlier is not None
-    return Receipt(earlier.id, "duplicate", earlier.conversion_id)
+    ).first()
+    return None if row is None else Receipt(row.id, "duplicate", row.conversion_id)
 
 
 def _apply_shopify(
-    session: Session, receipt: ConnectorReceipt, delivery: ShopifyDelivery, default_region: str
-) -> None:
+    session: Session, delivery: ShopifyDelivery, default_region: str
+) -> dict[str, Any]:
+    """What became of the delivery: the receipt's columns."""
     if delivery.topic not in TOPICS:
-        receipt.reason = (
-            f"topic {delivery.topic!r} is not converted; subscribe {', '.join(sorted(TOPICS))}"
-        )
-        return
+        return {
+            "reason": f"topic {delivery.topic!r} is not converted; subscribe "
+            f"{', '.join(sorted(TOPICS))}"
+        }
     try:
         order = read_order(delivery.topic, delivery.order, triggered_at=delivery.triggered_at)
     except UnreadableOrder as exc:
-        receipt.outcome, receipt.reason = ConnectorReceipt.REFUSED, f"{exc.field}: {exc.message}"
-        return
-    receipt.order_id = order.order_id[:255]
-    receipt.event_name = order.event_name
+        return {"outcome": ConnectorReceipt.REFUSED, "reason": f"{exc.field}: {exc.message}"}
     match = match_customer(session, order.phones, order.emails, default_region)
-    receipt.identifiers = {"ph": match.phone_hashes, "em": match.email_hashes}
+    values: dict[str, Any] = {
+        "order_id": order.order_id[:255],
+        "event_name": order.event_name,
+        "identifiers": {"ph": match.phone_hashes, "em": match.email_hashes},
+    }
     if match.conversation is None:
-        receipt.outcome = ConnectorReceipt.UNMATCHED
-        receipt.reason = (
+        values["outcome"] = ConnectorReceipt.UNMATCHED
+        values["reason"] = (
             "no conversation with an ad click has the order's phone number or an email an "
             "earlier conversion named"
             if match.phone_hashes or match.email_hashes
             else "the order has no phone number or email to match"
         )
-        return
-    receipt.conversation_id = match.conversation.id
-    receipt.matched_by = match.by
+        return values
+    values["conversation_id"] = match.conversation.id
+    values["matched_by"] = match.by
     try:
         mark = admin.MarkRequest.from_json(_mark_body(order))
         _remember_order_customer(session, match, order, default_region)
         marked = _mark_for(session, match.conversation, mark, SHOPIFY)
     except APIError as exc:
-        receipt.outcome = ConnectorReceipt.REFUSED
-        receipt.reason = f"{exc.details.get('field', exc.code)}: {exc.message}"
-        return
-    receipt.outcome = ConnectorReceipt.MATCHED
-    receipt.conversion_id = marked.conversion.id
+        values["outcome"] = ConnectorReceipt.REFUSED
+        values["reason"] = f"{exc.details.get('field', exc.code)}: {exc.message}"
+        return values
+    values["outcome"] = ConnectorReceipt.MATCHED
+    values["conversion_id"] = marked.conversion.id
+    return values
 
 
 def _mark_body(order: ShopifyOrder) -> dict[str, Any]:
@@ -267,11 +271,11 @@ def _remember_order_customer(
     session: Session, match: Match, order: ShopifyOrder, default_region: str
 ) -> None:
     assert match.conversation is not None
-    digests = hash_all(order.customer, default_region=default_region)
-    found: dict[str, list[str]] = {"em": match.email_hashes, "ph": match.phone_hashes}
-    for field, values in found.items():
-        for digest in values:
-            customers.remember(session, match.conversation.id, {field: digest})
+    digests = [
+        *(("em", digest) for digest in match.email_hashes),
+        *(("ph", digest) for digest in match.phone_hashes),
+        *hash_all(order.customer, default_region=default_region).items(),
+    ]
     customers.remember(session, match.conversation.id, digests)
 
 
@@ -306,7 +310,7 @@ def receive_event(session: Session, body: object, default_region: str) -> admin.
     mark = admin.MarkRequest.from_json({**rest, "wa_id": "-"})
     conversation, digests = _find_for_event(session, identity, body[identity], mark, default_region)
     extra = hash_all(user_data or {}, default_region=default_region)
-    customers.remember(session, conversation.id, {**extra, **digests})
+    customers.remember(session, conversation.id, [*extra.items(), *digests.items()])
     return _mark_for(session, conversation, mark, CONNECTOR)
 
 

@@ -6,14 +6,17 @@ values a connector received are gone when its request ends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from waconv.clock import utcnow
 from waconv.customers.normalize import FIELDS, sha256_hex
-from waconv.db import insert_or_ignore
 from waconv.models import Conversation, CustomerIdentifier
 
 # Session.info key: set (by Services.build) when WACONV_SEND_CUSTOMER_INFO is true, read where a
@@ -23,14 +26,23 @@ SEND_CUSTOMER_INFO = "waconv.send_customer_info"
 MAX_VALUES_PER_FIELD = 5
 
 
-def remember(session: Session, conversation_id: int, hashed: Mapping[str, str]) -> None:
-    """Keep these digests for the conversation (each once)."""
-    for field, digest in hashed.items():
-        insert_or_ignore(
-            session,
-            CustomerIdentifier,
-            {"conversation_id": conversation_id, "field": field, "value_sha256": digest},
-        )
+def remember(session: Session, conversation_id: int, hashed: Iterable[tuple[str, str]]) -> None:
+    """Keep these ``(field, digest)`` pairs for the conversation (each once), in one
+    statement."""
+    now = utcnow()
+    rows = [
+        {"conversation_id": conversation_id, "field": f, "value_sha256": d, "created_at": now}
+        for f, d in dict.fromkeys(hashed)
+    ]
+    if rows:
+        connection = session.connection()
+        connection.execute(_insert_ignore(connection.dialect.name), rows)
+
+
+@functools.cache
+def _insert_ignore(dialect: str) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(CustomerIdentifier).on_conflict_do_nothing()
 
 
 def conversations_with(session: Session, field: str, digest: str) -> list[Conversation]:
