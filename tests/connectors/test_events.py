@@ -225,3 +225,31 @@ def test_user_data_is_kept_only_hashed(
         ("fn", "6915771be1c5aa0c886870b6951b03d7eafc121fea0e80a5ea83beb7c449f4ec"),
         ("country", "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621"),
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "a\ud800@example.com", "event_name": "LeadSubmitted"}, "email"),
+        ({"phone": ["+16505551234"], "event_name": "LeadSubmitted"}, "phone"),
+        ({"wa_id": "\x00", "event_name": "LeadSubmitted"}, "wa_id"),
+        ({"wa_id": WA_ID, "event_name": "LeadSubmitted", "user_data": "em"}, "user_data"),
+    ],
+)
+def test_hostile_bodies_are_400_naming_the_field(
+    connector_client: FlaskClient, clicked: str, body: dict[str, Any], field: str
+) -> None:
+    r = post_event(connector_client, body)
+    assert r.status_code == 400
+    assert r.json["error"]["field"] == field
+
+
+def test_hostile_user_data_is_left_out(
+    connector_client: FlaskClient, connector_app: Flask, clicked: str
+) -> None:
+    body = {
+        "wa_id": WA_ID,
+        "event_name": "LeadSubmitted",
+        "user_data": {"fn": "\ud800", "em": ["x"], "ct": 12, "zp": "\x00"},
+    }
+    assert post_event(connector_client, body).status_code == 202

@@ -310,3 +310,36 @@ def test_only_digests_of_the_customer_are_kept(
     assert ("country", hashed("country", "us")) in kept
     assert ("external_id", hashed("external_id", "115310627314723954")) in kept
     assert all(len(digest) == 64 for _, digest in kept)
+
+
+# --- hostile orders ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"id": "\ud800"},
+        {"id": "12\x0034"},
+        {"id": "9" * 300},
+        {"id": [1]},
+        {"id": True},
+        {"email": "a\ud800@example.com", "phone": None},
+        {"customer": {"first_name": "\ud800", "id": "\x00"}},
+        {"total_price": "1e999999999"},
+        {"total_price": "HUGE"},  # the JSON number 1e999999999, see below
+        {"currency": "\x00\x00\x00"},
+        {"line_items": [{"sku": "\ud800", "quantity": "many", "price": "abc"}]},
+        {"line_items": "nope", "billing_address": [], "shipping_address": "x"},
+        {"phone": "+" + "9" * 40},
+        {"phone": "\u0661\u0666\u0665\u0660\u0665\u0665\u0665\u0661\u0662\u0663\u0664"},
+    ],
+)
+def test_hostile_orders_are_acknowledged_without_a_server_error(
+    shopify: Shopify, clicked: str, changes: dict[str, object]
+) -> None:
+    order = shopify_order()
+    order.update(changes)
+    body = json.dumps(order).encode().replace(b'"HUGE"', b"1e999999999")
+    r = shopify.post(None, raw=body)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.json["status"] in ("matched", "unmatched", "refused")

@@ -15,6 +15,8 @@ from typing import Any
 
 from waconv.conversions.events import MAX_AMOUNT_DIGITS
 
+MAX_ORDER_ID = 255  # Conversion.order_id and ConnectorReceipt.order_id are VARCHAR(255)
+
 # X-Shopify-Topic -> the business-messaging event it is.
 TOPICS = {
     "orders/paid": "Purchase",
@@ -51,6 +53,14 @@ class ShopifyOrder:
     emails: list[str] = field(repr=False)
     # fn, ln, ct, st, zp, country, external_id, plain: hashed before anything keeps them.
     customer: dict[str, str] = field(repr=False)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no database stores it
+        return False
+    return True
 
 
 def _dig(data: Any, path: tuple[str, ...]) -> Any:
@@ -157,6 +167,8 @@ def read_order(topic: str, order: object, *, triggered_at: datetime | None) -> S
     if isinstance(raw_id, bool) or not isinstance(raw_id, int | str) or not str(raw_id).strip():
         raise UnreadableOrder("id", "the order has no id")
     order_id = str(raw_id).strip()
+    if len(order_id) > MAX_ORDER_ID or not order_id.isprintable() or not _encodable(order_id):
+        raise UnreadableOrder("id", "the order's id is not an order number")
     custom_data: dict[str, Any] = {"order_id": order_id}
     currency = order.get("currency")
     if order.get("total_price") is not None and isinstance(currency, str):

@@ -196,7 +196,12 @@ def hashed(
     if _HASHED.fullmatch(value.strip().lower()):
         return value.strip().lower()
     normalized = normalize(field, value, default_region=default_region, country=country)
-    return sha256_hex(normalized) if normalized else None
+    if not normalized:
+        return None
+    try:
+        return sha256_hex(normalized)
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): not a name or email
+        return None
 
 
 def hash_all(values: Mapping[str, object], *, default_region: str = "") -> dict[str, str]:
