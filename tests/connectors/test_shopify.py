@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -343,3 +344,17 @@ def test_hostile_orders_are_acknowledged_without_a_server_error(
     r = shopify.post(None, raw=body)
     assert r.status_code == 200, r.get_data(as_text=True)
     assert r.json["status"] in ("matched", "unmatched", "refused")
+
+
+def test_a_database_not_migrated_is_a_503_naming_the_command(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    app = make_app(
+        database_url=f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        shopify_secret=SHOPIFY_SECRET,
+        connector_secret=CONNECTOR_SECRET,
+    )
+    r = Shopify(app.test_client()).post(shopify_order())
+    assert r.status_code == 503
+    assert "waconv db upgrade" in r.json["error"]["message"]
+    assert r.headers["Retry-After"] == "5"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 
+from waconv import schema
 from waconv.admin import service as admin
 from waconv.clock import utcnow
 from waconv.connectors import service
@@ -27,8 +30,29 @@ from waconv.connectors.signatures import (
 from waconv.errors import APIError
 from waconv.services import current_services
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("connectors", __name__, url_prefix="/connectors")
 admin_bp = Blueprint("connectors_admin", __name__, url_prefix="/admin/connectors")
+
+
+# Shopify retries a webhook answered 503 for hours; a database that is down or not migrated
+# yet is worth that wait, and the sender is told why.
+RETRY_AFTER_SECONDS = 5
+
+
+@bp.errorhandler(SQLAlchemyError)
+@admin_bp.errorhandler(SQLAlchemyError)
+def _database_error(exc: SQLAlchemyError) -> tuple[Response, int, dict[str, str]]:
+    # Never the exception's text: it carries the statement's parameters.
+    log.warning("connector.database_error error=%s", type(exc).__name__)
+    try:
+        with current_services().db.engine.connect() as conn:
+            reason = schema.behind(conn) or "the database refused the request; try again"
+    except SQLAlchemyError:
+        reason = "the database cannot be reached; try again"
+    err = APIError(503, "unavailable", reason)
+    return jsonify(err.to_dict()), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 def _not_configured(variable: str) -> APIError:
