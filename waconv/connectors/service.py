@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from waconv.admin import service as admin
 from waconv.clock import isoformat, to_unix, utcnow
 from waconv.connectors.shopify import TOPICS, ShopifyOrder, UnreadableOrder, read_order
+from waconv.conversations import store
 from waconv.conversions.events import MAX_EVENT_AGE
 from waconv.customers import store as customers
 from waconv.customers.normalize import hash_all, hashed, phone_digits, wa_id_candidates
@@ -361,8 +362,6 @@ def _find_for_event(
 def _conversation_of(
     session: Session, user: str, field: str, phone_number_id: str | None
 ) -> Conversation | None:
-    from waconv.conversations import store
-
     return store.find_conversation(session, user, phone_number_id, field=field)
 
 

@@ -8,16 +8,15 @@ whose secret is not set answers 503 and takes nothing: unsigned data is never ac
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from datetime import datetime
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from waconv import schema
 from waconv.admin import service as admin
+from waconv.admin.views import parse_json
 from waconv.clock import utcnow
 from waconv.connectors import service
 from waconv.connectors.shopify import parse_time
@@ -67,17 +66,6 @@ def _refused(exc: BadSignature, header: str) -> APIError:
     return APIError(401, f"{exc.reason}_signature", exc.message, field=header)
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        raise APIError(400, "invalid_json", "the body is not JSON", field="body") from None
-
-
 @bp.post("/shopify")
 def shopify() -> tuple[Response, int]:
     services = current_services()
@@ -89,7 +77,7 @@ def shopify() -> tuple[Response, int]:
         verify_shopify(settings.shopify_secret, raw, request.headers.get("X-Shopify-Hmac-Sha256"))
     except BadSignature as exc:
         raise _refused(exc, "X-Shopify-Hmac-Sha256") from None
-    order = _json(raw)
+    order = parse_json(raw)
     if not isinstance(order, dict):
         raise APIError(400, "invalid_body", "the body must be a JSON object", field="body")
     # Shopify sends each webhook under one id, retries included; without one, the body's hash
@@ -125,7 +113,7 @@ def events() -> tuple[Response, int]:
         )
     except BadSignature as exc:
         raise _refused(exc, "webhook-signature") from None
-    body = _json(raw)
+    body = parse_json(raw)
     with services.db.transaction() as session:
         marked = service.receive_event(session, body, settings.default_phone_region)
         answer = admin.conversion_to_dict(marked.conversion)
