@@ -230,19 +230,21 @@ def validate(s: Settings) -> None:
 
 
 def _validate_connectors(s: Settings) -> None:
-    from waconv.connectors.signatures import InvalidSecret, standard_webhooks_key
-    from waconv.customers.normalize import known_region
-
     if s.connector_secret:
+        from waconv.connectors.signatures import InvalidSecret, standard_webhooks_key
+
         try:
             standard_webhooks_key(s.connector_secret)
         except InvalidSecret as exc:  # the message never quotes the secret
             raise ConfigError(f"WACONV_CONNECTOR_SECRET {exc}") from None
-    if s.default_phone_region and not known_region(s.default_phone_region):
-        raise ConfigError(
-            "WACONV_DEFAULT_PHONE_REGION must be a two-letter region such as US or BR, "
-            f"not {s.default_phone_region!r}"
-        )
+    if s.default_phone_region:
+        from waconv.customers.normalize import known_region
+
+        if not known_region(s.default_phone_region):
+            raise ConfigError(
+                "WACONV_DEFAULT_PHONE_REGION must be a two-letter region such as US or BR, "
+                f"not {s.default_phone_region!r}"
+            )
 
 
 def require(s: Settings, *names: str) -> None:

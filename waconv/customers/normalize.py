@@ -14,8 +14,6 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 
-import phonenumbers
-
 # The customer information parameters waconv hashes (user_data keys of the Conversions API).
 FIELDS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 MAX_PLAIN = 512  # longer "names" or "emails" are not customer information but noise
@@ -34,6 +32,8 @@ def sha256_hex(normalized: str) -> str:
 
 def known_region(region: str) -> bool:
     """A two-letter region phone numbers can be read in (ISO 3166-1 alpha-2, any case)."""
+    import phonenumbers  # here, not at the top: 50 ms that only phone numbers need
+
     return region.upper() in phonenumbers.SUPPORTED_REGIONS
 
 
@@ -45,6 +45,8 @@ def phone_digits(raw: str, default_region: str = "") -> str | None:
     in ``default_region`` first, then as digits that start with a country code (as WhatsApp's
     ``wa_id`` does). Failing both, Meta's own rule: the digits, leading zeros removed.
     """
+    import phonenumbers
+
     text = raw.strip()
     if text.startswith("00"):
         text = "+" + text[2:]
