@@ -253,3 +253,20 @@ def test_hostile_user_data_is_left_out(
         "user_data": {"fn": "\ud800", "em": ["x"], "ct": 12, "zp": "\x00"},
     }
     assert post_event(connector_client, body).status_code == 202
+
+
+def test_secrets_are_in_no_answer_and_no_log(
+    connector_client: FlaskClient, clicked: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.connectors.conftest import SHOPIFY_SECRET
+
+    caplog.set_level("DEBUG")
+    answers = [
+        post_event(connector_client, {"wa_id": WA_ID, "event_name": "LeadSubmitted"}),
+        post_event(connector_client, {"wa_id": WA_ID, "event_name": "X"}, key=b"k" * 32),
+        Shopify(connector_client).post(shopify_order(), secret="wrong"),
+        Shopify(connector_client).post(shopify_order()),
+    ]
+    seen = caplog.text + "".join(r.get_data(as_text=True) for r in answers)
+    for secret in (SHOPIFY_SECRET, CONNECTOR_SECRET, CONNECTOR_SECRET.removeprefix("whsec_")):
+        assert secret not in seen
