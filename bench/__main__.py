@@ -1,7 +1,8 @@
-"""``python -m bench [all|ingest|dispatch|report] [--quick]``: run, then write bench/RESULTS.md.
+"""``python -m bench [all|ingest|dispatch|connectors|report] [--quick]``: run, then write
+bench/RESULTS.md.
 
-``make bench`` runs everything. A partial run (``ingest`` or ``dispatch``) replaces only its own
-part of bench/results.json and rewrites RESULTS.md from it.
+``make bench`` runs everything. A partial run (``ingest``, ``dispatch`` or ``connectors``)
+replaces only its own part of bench/results.json and rewrites RESULTS.md from it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from bench import common, report
 
-FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5}
-QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1}
+FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5, "orders": 1_000}
+QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1, "orders": 200}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -27,7 +28,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "part",
         nargs="?",
-        choices=("all", "ingest", "dispatch", "report"),
+        choices=("all", "ingest", "dispatch", "connectors", "report"),
         default="all",
         help="report: only write RESULTS.md and latency.png again from bench/results.json",
     )
@@ -48,6 +49,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--events", type=int, help="conversions per dispatch run")
     p.add_argument("--rounds", type=int, help="dispatch rounds (the median is reported)")
+    p.add_argument("--orders", type=int, help="Shopify webhooks in the connectors burst")
     p.add_argument(
         "--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
     )
@@ -64,7 +66,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _commands(data: dict[str, Any]) -> list[str]:
-    return sorted({data[k]["command"] for k in ("ingest", "dispatch") if k in data})
+    return sorted({data[k]["command"] for k in ("ingest", "dispatch", "connectors") if k in data})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             events=sizes["events"], rounds=sizes["rounds"], backends=backends, workdir=workdir
         )
         data["dispatch"] = {"date": date, "command": command.strip(), **dresult.to_dict()}
+        report.save(data)
+    if args.part in ("all", "connectors"):
+        from bench import connectors
+
+        cresult = connectors.run(orders=sizes["orders"], backends=backends, workdir=workdir)
+        data["connectors"] = {"date": date, "command": command.strip(), **cresult.to_dict()}
         report.save(data)
     report.write(data, _commands(data))
     common.log(f"wrote {report.RESULTS_MD.relative_to(common.REPO)} and latency.png")

@@ -320,6 +320,32 @@ METHOD = """## How it is measured
 """
 
 
+def _connectors_section(connectors: dict[str, Any]) -> list[str]:
+    target = connectors["target_p99_ms"]
+    lines = [
+        "## Shopify webhooks in a burst (`python -m bench connectors`)",
+        "",
+        f"{connectors['date']}. Signed `orders/paid` webhooks posted by 16 connections at once "
+        "(a tenth delivered twice), to gunicorn with the deployed configuration. Target: p99 "
+        f"under {target:g} ms, every webhook recorded once and every matched order one "
+        "conversion.",
+        "",
+        "| backend | webhooks | req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
+        "| applied once |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in connectors["runs"]:
+        ms = r["latency_ms"]
+        met = r["verified"] and ms["99"] < target
+        lines.append(
+            f"| {r['backend']} | {r['posts']:,} | {r['rps']:,.0f} | {ms['50']:.1f} "
+            f"| {ms['90']:.1f} | {ms['99']:.1f} | {ms['max']:.1f} | {r['errors']} "
+            f"| {'yes' if r['verified'] else '**no**'} ({r['stored']['conversions']} conversions) |"
+            + ("" if met else " (target missed)")
+        )
+    return [*lines, ""]
+
+
 def write(data: dict[str, Any], commands: list[str]) -> None:
     lines = [
         "# Benchmark results",
@@ -336,6 +362,8 @@ def write(data: dict[str, Any], commands: list[str]) -> None:
     if "dispatch" in data:
         cores = int((machine or {}).get("nproc") or os.cpu_count() or 1)
         lines += _dispatch_section(data["dispatch"], cores)
+    if "connectors" in data:
+        lines += _connectors_section(data["connectors"])
     if PROFILE_MD.exists():
         # Written by hand after reading a profile; it names the run it comes from.
         lines += [PROFILE_MD.read_text().strip(), ""]

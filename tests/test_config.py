@@ -134,3 +134,37 @@ def test_the_dev_server_prints_the_secrets_it_generates_and_only_those(
     added = json.loads((tmp_path / "instance" / "dev-secrets.json").read_text())
     assert added["app_secret"] in partial
     assert "verify token" not in partial  # kept: the dashboard already has it
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"WACONV_CONNECTOR_SECRET": "whsec_not base64!"}, "WACONV_CONNECTOR_SECRET"),
+        ({"WACONV_CONNECTOR_SECRET": "whsec_c2hvcnQ="}, "WACONV_CONNECTOR_SECRET"),
+        ({"WACONV_DEFAULT_PHONE_REGION": "USA"}, "WACONV_DEFAULT_PHONE_REGION"),
+        ({"WACONV_SEND_CUSTOMER_INFO": "perhaps"}, "WACONV_SEND_CUSTOMER_INFO"),
+    ],
+)
+def test_connector_settings_are_checked_without_quoting_secrets(env, named, tmp_path):
+    with pytest.raises(ConfigError, match=named) as raised:
+        settings(env, tmp_path)
+    if "SECRET" in named:
+        assert env[named].removeprefix("whsec_") not in str(raised.value)
+
+
+def test_connector_settings(tmp_path):
+    s = settings(
+        {
+            "WACONV_SHOPIFY_SECRET": "shpss_plainsecret",
+            "WACONV_CONNECTOR_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "WACONV_SEND_CUSTOMER_INFO": "true",
+            "WACONV_DEFAULT_PHONE_REGION": "br",
+        },
+        tmp_path,
+    )
+    assert s.send_customer_info is True
+    assert s.default_phone_region == "br"
+    shown = repr(s) + repr(s.redacted())
+    assert "shpss_plainsecret" not in shown
+    assert "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" not in shown
+    assert s.redacted()["connector_secret"] == "(set)"

@@ -25,6 +25,8 @@ def create_app(
 ) -> Flask:
     """Build the app: settings, database, rules, blueprints, error handlers. Nothing else."""
     from waconv.admin.views import bp as admin_bp
+    from waconv.connectors.views import admin_bp as connectors_admin_bp
+    from waconv.connectors.views import bp as connectors_bp
     from waconv.errors import register_error_handlers
     from waconv.health import bp as health_bp
     from waconv.logs import configure_logging
@@ -54,5 +56,7 @@ def create_app(
     app.wsgi_app = FrontDoor(app.wsgi_app, services, MAX_REQUEST_BYTES)  # type: ignore[method-assign]
     app.register_blueprint(health_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(connectors_bp)
+    app.register_blueprint(connectors_admin_bp)
     register_error_handlers(app)
     return app

@@ -78,6 +78,14 @@ class Settings:
     retention_days: int = 30
     db_pool_size: int = 5
     log_level: str = "INFO"
+    # Conversions that close outside the chat (waconv.connectors): the key of Shopify's
+    # X-Shopify-Hmac-Sha256, and the Standard Webhooks secret (whsec_...) of /connectors/events.
+    shopify_secret: str = field(default="", repr=False)
+    connector_secret: str = field(default="", repr=False)
+    # Hashed customer information (ph, em, ...) in user_data; off unless the business opts in.
+    send_customer_info: bool = False
+    # The region of phone numbers written without a country code (ISO 3166-1 alpha-2, e.g. US).
+    default_phone_region: str = ""
     # Where the secrets came from, for the start-up banner; never the values.
     dev_secrets: tuple[str, ...] = field(default=())
 
@@ -93,7 +101,15 @@ class Settings:
 
 
 SECRET_FIELDS = frozenset(
-    {"verify_token", "app_secret", "access_token", "secret_key", "admin_token"}
+    {
+        "verify_token",
+        "app_secret",
+        "access_token",
+        "secret_key",
+        "admin_token",
+        "shopify_secret",
+        "connector_secret",
+    }
 )
 
 _ENV: dict[str, tuple[str, type]] = {
@@ -122,6 +138,10 @@ _ENV: dict[str, tuple[str, type]] = {
     "WACONV_RETENTION_DAYS": ("retention_days", int),
     "WACONV_DB_POOL_SIZE": ("db_pool_size", int),
     "WACONV_LOG_LEVEL": ("log_level", str),
+    "WACONV_SHOPIFY_SECRET": ("shopify_secret", str),
+    "WACONV_CONNECTOR_SECRET": ("connector_secret", str),
+    "WACONV_SEND_CUSTOMER_INFO": ("send_customer_info", bool),
+    "WACONV_DEFAULT_PHONE_REGION": ("default_phone_region", str),
 }
 _FIELD_TO_ENV = {name: var for var, (name, _) in _ENV.items()}
 
@@ -209,6 +229,25 @@ def validate(s: Settings) -> None:
         value = getattr(s, name)
         if value and not value.isdigit():
             raise ConfigError(f"{env_name(name)} must be a numeric Meta id, not {value!r}")
+    _validate_connectors(s)
+
+
+def _validate_connectors(s: Settings) -> None:
+    if s.connector_secret:
+        from waconv.connectors.signatures import InvalidSecret, standard_webhooks_key
+
+        try:
+            standard_webhooks_key(s.connector_secret)
+        except InvalidSecret as exc:  # the message never quotes the secret
+            raise ConfigError(f"WACONV_CONNECTOR_SECRET {exc}") from None
+    if s.default_phone_region:
+        from waconv.customers.normalize import known_region
+
+        if not known_region(s.default_phone_region):
+            raise ConfigError(
+                "WACONV_DEFAULT_PHONE_REGION must be a two-letter region such as US or BR, "
+                f"not {s.default_phone_region!r}"
+            )
 
 
 def require(s: Settings, *names: str) -> None:

@@ -351,3 +351,58 @@ class DispatchRequestConversion(Base):
     request_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # Read by conversion: a conversion's requests, newest first.
     conversion_id: Mapped[int] = mapped_column(BigId, primary_key=True, index=True)
+
+
+class CustomerIdentifier(Base):
+    """Customer information a connector gave for a conversation, only ever as SHA-256.
+
+    What ``user_data`` carries with ``WACONV_SEND_CUSTOMER_INFO`` (``em``, ``fn``, ``ct``, ...),
+    and how a later order finds the conversation by an email an earlier conversion named.
+    """
+
+    __tablename__ = "customer_identifiers"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "field", "value_sha256"),
+        Index("ix_customer_identifiers_lookup", "field", "value_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    field: Mapped[str] = mapped_column(String(16))  # em, ph, fn, ln, ct, st, zp, country, ...
+    value_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConnectorReceipt(Base):
+    """One signed delivery of a connector (a Shopify order webhook): what became of it.
+
+    Never the body (it holds the customer's name, address, email): the webhook id makes a
+    redelivery harmless, and the rest says what happened, for the unmatched list.
+    """
+
+    __tablename__ = "connector_receipts"
+    __table_args__ = (
+        UniqueConstraint("connector", "webhook_id"),
+        Index("ix_connector_receipts_outcome_id", "outcome", "id"),
+    )
+
+    MATCHED = "matched"  # a conversion was recorded (or found recorded) for it
+    UNMATCHED = "unmatched"  # no conversation with a click has its phone or email
+    IGNORED = "ignored"  # a topic waconv does not map to an event
+    REFUSED = "refused"  # matched, but the conversion is not one Meta would take (the reason)
+    OUTCOMES = (MATCHED, UNMATCHED, IGNORED, REFUSED)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    connector: Mapped[str] = mapped_column(String(16))
+    webhook_id: Mapped[str] = mapped_column(String(255))
+    topic: Mapped[str | None] = mapped_column(String(64))
+    order_id: Mapped[str | None] = mapped_column(String(255))
+    event_name: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    matched_by: Mapped[str | None] = mapped_column(String(16))  # phone | email
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    conversion_id: Mapped[int | None] = mapped_column(ForeignKey("conversions.id"))
+    # The order's phone numbers and emails, hashed: enough to say later which customer it was.
+    identifiers: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -41,6 +41,10 @@ class Services:
                 DEFERRED_AUTOCHECKPOINT_PAGES if deferred else SQLITE_AUTOCHECKPOINT_PAGES
             ),
         )
+        if settings.send_customer_info:
+            from waconv.customers.store import SEND_CUSTOMER_INFO
+
+            db.sessions.configure(info={SEND_CUSTOMER_INFO: True})
         return cls(settings=settings, db=db, rules=rules)
 
     @property

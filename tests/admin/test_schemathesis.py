@@ -104,6 +104,7 @@ OPERATIONS = [
     "retryConversion",
     "cancelConversion",
     "listRequests",
+    "listUnmatchedOrders",
 ]
 
 

@@ -548,6 +548,17 @@ def test_meta_event_extra_keys_are_merged() -> None:
     assert event["opt_out"] is True
 
 
+def test_meta_event_extra_user_data_adds_hashed_fields_but_never_replaces_the_ids() -> None:
+    digest = "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176"
+    extra = {
+        "user_data": {"ph": digest, "ctwa_clid": "forged", "whatsapp_business_account_id": "1"}
+    }
+    event = _event(extra=extra)
+    plain = _event()
+    assert event["user_data"] == {**plain["user_data"], "ph": digest}
+    assert "user_data" in extra  # the stored extra is not changed
+
+
 @pytest.mark.parametrize("key", ["event_time", "user_data", "data_processing_options"])
 def test_meta_event_extra_may_not_override(key: str) -> None:
     with pytest.raises(ValueError, match=key):

@@ -578,6 +578,64 @@ _DOCUMENT: dict[str, Any] = {
     },
 }
 
+# Orders a connector kept without a conversion (waconv.connectors).
+_DOCUMENT["paths"]["/admin/connectors/unmatched"] = {
+    "get": {
+        "operationId": "listUnmatchedOrders",
+        "summary": "Connector orders kept without a conversion, newest first",
+        "description": "Shopify orders that matched no conversation with an ad click "
+        "(outcome unmatched), or whose conversion Meta would refuse (outcome refused, with "
+        "the reason). Shopify got its 200 for each. No customer information is shown.",
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_LIMIT,
+                    "default": DEFAULT_LIMIT,
+                },
+                "example": 10,
+            },
+            _text_query("cursor", "next_cursor of the previous page, as given"),
+        ],
+        "responses": {
+            "200": _json("a page; total counts every kept order", "UnmatchedPage"),
+            **_BAD_REQUEST,
+            **_ALWAYS,
+        },
+    }
+}
+_DOCUMENT["components"]["schemas"]["UnmatchedPage"] = {
+    "type": "object",
+    "required": ["items", "next_cursor", "total"],
+    "properties": {
+        "items": {
+            "type": "array",
+            "maxItems": MAX_LIMIT,
+            "items": {
+                "type": "object",
+                "required": ["id", "connector", "webhook_id", "outcome", "received_at"],
+                "properties": {
+                    "id": {"type": "integer", "minimum": 1},
+                    "connector": _STRING,
+                    "webhook_id": _STRING,
+                    "topic": _nullable(_STRING),
+                    "order_id": _nullable(_STRING),
+                    "event_name": _nullable(_STRING),
+                    "outcome": {"type": "string", "enum": ["unmatched", "refused"]},
+                    "reason": _nullable(_STRING),
+                    "received_at": _TIME,
+                },
+            },
+        },
+        "next_cursor": _nullable(_STRING),
+        "total": {"type": "integer", "minimum": 0},
+    },
+}
+
 
 def openapi_document() -> dict[str, Any]:
     """A fresh copy: callers may change it without touching the next request's answer."""

@@ -63,7 +63,9 @@ CURSOR_PREFIX = "c1:"  # versions the cursor format, so it can change without mi
 MARK_FIELDS = frozenset(
     {"wa_id", "user_id", "event_name", "custom_data", "event_time", "order_id", "phone_number_id"}
 )
-SOURCES = frozenset({"rule", "admin", "automatic_event"})
+# Conversions marked through the mark path: by an operator, or by a connector (waconv.connectors).
+MARKED_SOURCES = ("admin", "shopify", "connector")
+SOURCES = frozenset({"rule", "automatic_event", *MARKED_SOURCES})
 LIST_PARAMETERS = ("status", "limit", "cursor", "event_name", "source", "wa_id", "user_id")
 
 
@@ -326,7 +328,7 @@ def _marked_before(session: Session, request: MarkRequest) -> Conversion | None:
         .join(Conversation, Conversion.conversation_id == Conversation.id)
         .where(
             store.is_user(request.user, request.user_field),
-            Conversion.source == "admin",
+            Conversion.source.in_(MARKED_SOURCES),
             Conversion.event_name == request.event_name,
             order,
         )
@@ -335,11 +337,22 @@ def _marked_before(session: Session, request: MarkRequest) -> Conversion | None:
     )
 
 
-def mark_conversion(session: Session, request: MarkRequest) -> Marked:
-    """Enqueue the conversion, or return the one already recorded for it (``created=False``)."""
-    conversation = store.find_conversation(
-        session, request.user, request.phone_number_id, field=request.user_field
-    )
+def mark_conversion(
+    session: Session,
+    request: MarkRequest,
+    *,
+    source: str = "admin",
+    conversation: Conversation | None = None,
+) -> Marked:
+    """Enqueue the conversion, or return the one already recorded for it (``created=False``).
+
+    ``source`` says who marked it (one of MARKED_SOURCES); it is not part of the event id, so
+    the same order marked by an operator and by a connector is one conversion. A connector
+    that found the request's conversation already passes it as ``conversation``."""
+    if conversation is None:
+        conversation = store.find_conversation(
+            session, request.user, request.phone_number_id, field=request.user_field
+        )
     if conversation is None:
         where = f" on phone number {request.phone_number_id}" if request.phone_number_id else ""
         raise APIError(
@@ -366,7 +379,7 @@ def mark_conversion(session: Session, request: MarkRequest) -> Marked:
             ctwa_clid=conversation.ctwa_clid,
             event_name=request.event_name,
             event_time=request.event_time or utcnow(),
-            source="admin",
+            source=source,
             custom_data=request.custom_data,
             conversation_id=conversation.id,
             order_id=request.order_id,

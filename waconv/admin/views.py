@@ -36,7 +36,11 @@ def _refuse_constant(name: str) -> None:
 
 
 def _json_body() -> Any:
-    raw = request.get_data(cache=False)
+    return parse_json(request.get_data(cache=False))
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON (RFC 8259: no NaN or Infinity), or a 400 naming the body."""
     try:
         return json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

@@ -17,11 +17,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from waconv.db import insert_or_ignore
-from waconv.models import AutomaticEvent, Click, Conversation, Conversion, Message, UserAlias
+from waconv.models import (
+    AutomaticEvent,
+    Click,
+    ConnectorReceipt,
+    Conversation,
+    Conversion,
+    CustomerIdentifier,
+    Message,
+    UserAlias,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +39,7 @@ KINDS = ("wa_id", "user_id")
 _CHANGED_FROM = re.compile(r"changed from (\S+) to (\S+?)\.?\s*$")
 
 # Conversation children that follow a merge (their conversation_id moves).
-_CHILDREN = (Message, Click, Conversion, AutomaticEvent)
+_CHILDREN = (Message, Click, Conversion, AutomaticEvent, CustomerIdentifier, ConnectorReceipt)
 
 
 def ids_in_body(body: str | None) -> tuple[str, str] | None:
@@ -252,6 +261,18 @@ def _merge(session: Session, group: list[Conversation]) -> tuple[Conversation, l
         return survivor, []
     review = [m for c in group for m in _unclicked(session, c)]
     for other in absorbed:
+        # A digest both conversations hold is kept once (unique per conversation).
+        held = select(CustomerIdentifier.field, CustomerIdentifier.value_sha256).where(
+            CustomerIdentifier.conversation_id == survivor.id
+        )
+        session.execute(
+            delete(CustomerIdentifier)
+            .where(
+                CustomerIdentifier.conversation_id == other.id,
+                tuple_(CustomerIdentifier.field, CustomerIdentifier.value_sha256).in_(held),
+            )
+            .execution_options(synchronize_session=False)
+        )
         for model in _CHILDREN:
             session.execute(
                 update(model)

@@ -526,12 +526,12 @@ def build_meta_event(
     """One element of the ``data`` array of ``POST /{dataset_id}/events``.
 
     Takes validated input and builds a plain dict (dispatcher hot path: no validation, no
-    copies; ``custom_data`` and ``extra`` values are referenced, not copied). ``user_data`` is
-    never hashed: Meta matches the click id and WABA id as plain strings. ``custom_data`` is
+    copies; ``custom_data`` and ``extra`` values are referenced, not copied). The click id and
+    WABA id are never hashed: Meta matches them as plain strings. ``custom_data`` is
     left out when ``None`` or empty; an ``orjson.Fragment`` (the stored JSON text, from the
     dispatcher) goes into the request as it is. ``extra`` adds keys such as
     ``messaging_outcome_data`` or ``opt_out`` and may not override a key this function sets
-    (ValueError).
+    (ValueError); its ``user_data`` (hashed customer information) is added to ``user_data``.
     LDU (meta-api.md §3.7): with ``ldu`` the event carries ``data_processing_options: ["LDU"]``
     and both country and state, since WhatsApp events have no IP for Meta to geolocate;
     without it, no LDU key at all.
@@ -551,6 +551,14 @@ def build_meta_event(
         event["data_processing_options_country"] = ldu_country
         event["data_processing_options_state"] = ldu_state
     if extra:
+        if "user_data" in extra:  # hashed customer information (waconv.customers.store)
+            extra = dict(extra)
+            hashed = extra.pop("user_data")
+            if not isinstance(hashed, dict):
+                raise ValueError("extra may not override user_data (only add to it, as an object)")
+            user_data = event["user_data"]
+            for key, value in hashed.items():
+                user_data.setdefault(key, value)  # never replaces the WABA id or the click id
         if not _RESERVED_EVENT_KEYS.isdisjoint(extra):
             clash = sorted(_RESERVED_EVENT_KEYS.intersection(extra))
             raise ValueError(f"extra may not override {', '.join(clash)}")

@@ -23,6 +23,7 @@ from waconv.conversions.events import (
     validate_custom_data,
     validate_event_name,
 )
+from waconv.customers.store import with_customer_info
 from waconv.db import insert_object_or_ignore
 from waconv.models import Conversion
 
@@ -75,6 +76,7 @@ def enqueue(
         if existing is not None:
             return Enqueued(existing, created=False)
         raise
+    extra = with_customer_info(session, conversation_id, extra)
     values = {
         "event_id": event_id,
         "waba_id": waba_id,

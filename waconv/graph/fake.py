@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import socket
 import socketserver
 import threading
@@ -142,6 +143,23 @@ def _invalid(user_msg: str, *, subcode: int | None = None, title: str | None = N
     return _error(
         400, 100, "Invalid parameter", subcode=subcode, user_title=title, user_msg=user_msg
     )
+
+
+# Meta refuses plain contact information (meta-api.md section 4): these must be SHA-256 hex.
+_HASHED_USER_DATA = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _unhashed_customer_info(user_data: JsonObject) -> str | None:
+    """The first customer information key whose value is not a SHA-256 digest (or list of)."""
+    for key in _HASHED_USER_DATA:
+        if key not in user_data:
+            continue
+        value = user_data[key]
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and _SHA256_HEX.fullmatch(v) for v in values):
+            return key
+    return None
 
 
 def dataset_id_for(waba_id: str) -> str:
@@ -620,6 +638,9 @@ class FakeGraph:
             waba = user_data.get("whatsapp_business_account_id")
             if not waba:
                 return _invalid(f"{where}.user_data.whatsapp_business_account_id is required")
+            unhashed = _unhashed_customer_info(user_data)
+            if unhashed is not None:
+                return _invalid(f"{where}.user_data.{unhashed} must be SHA-256 hashed")
             if linked_waba is not None and str(waba) != linked_waba:
                 return _invalid(
                     f"{where}: no WhatsApp Business account linked to this dataset",
