@@ -76,6 +76,7 @@ OPERATIONS = [
     "listConversions",
     "getConversion",
     "retryConversion",
+    "adsReport",
 ]
 
 
