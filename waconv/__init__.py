@@ -25,6 +25,7 @@ def create_app(
 ) -> Flask:
     """Build the app: settings, database, rules, blueprints, error handlers. Nothing else."""
     from waconv.admin.views import bp as admin_bp
+    from waconv.console.views import bp as console_bp
     from waconv.errors import register_error_handlers
     from waconv.health import bp as health_bp
     from waconv.logs import configure_logging
@@ -54,5 +55,6 @@ def create_app(
     app.wsgi_app = FrontDoor(app.wsgi_app, services, MAX_REQUEST_BYTES)  # type: ignore[method-assign]
     app.register_blueprint(health_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(console_bp)
     register_error_handlers(app)
     return app

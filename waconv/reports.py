@@ -277,3 +277,50 @@ def _revenue_columns(session: Session) -> tuple[Any, Any]:
     else:
         value = cast(data["value"].as_string(), Numeric)
     return cast(currency, String), value
+
+
+@dataclass(frozen=True)
+class Day:
+    day: date
+    clicks: int
+    conversions: int
+
+
+def daily(session: Session, query: ReportQuery) -> list[Day]:
+    """Per UTC day of the click: clicks, and the conversions (pending or sent) they brought.
+    Every day of the range is listed, zeros included, so a chart's x axis is the calendar."""
+    in_range = [Click.clicked_at >= query.start, Click.clicked_at < query.end]
+    if query.waba_id is not None:
+        mine = select(Conversation.id).where(Conversation.waba_id == query.waba_id)
+        in_range.append(Click.conversation_id.in_(mine))
+    if session.get_bind().dialect.name == "sqlite":
+        day = func.substr(Click.clicked_at, 1, 10)  # stored as 'YYYY-MM-DD HH:MM:SS'
+    else:
+        day = func.to_char(func.timezone("UTC", Click.clicked_at), "YYYY-MM-DD")
+    clicks: dict[str, int] = dict(
+        session.execute(
+            select(day, func.count(distinct(Click.ctwa_clid))).where(*in_range).group_by(day)
+        ).all()
+    )
+    first_click = (
+        select(Click.ctwa_clid, func.min(day).label("day"))
+        .where(*in_range, Click.ctwa_clid.is_not(None))
+        .group_by(Click.ctwa_clid)
+        .subquery()
+    )
+    conversions: dict[str, int] = dict(
+        session.execute(
+            select(first_click.c.day, func.count())
+            .select_from(Conversion)
+            .join(first_click, first_click.c.ctwa_clid == Conversion.ctwa_clid)
+            .where(Conversion.status.in_(CREDITED))
+            .group_by(first_click.c.day)
+        ).all()
+    )
+    days = []
+    current = query.since
+    while current <= query.until:
+        key = current.isoformat()
+        days.append(Day(current, int(clicks.get(key, 0)), int(conversions.get(key, 0))))
+        current += timedelta(days=1)
+    return days
