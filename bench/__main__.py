@@ -1,7 +1,7 @@
-"""``python -m bench [all|ingest|dispatch|report] [--quick]``: run, then write bench/RESULTS.md.
+"""``python -m bench [all|ingest|dispatch|console|report] [--quick]``: run, write RESULTS.md.
 
-``make bench`` runs everything. A partial run (``ingest`` or ``dispatch``) replaces only its own
-part of bench/results.json and rewrites RESULTS.md from it.
+``make bench`` runs everything. A partial run (``ingest``, ``dispatch`` or ``console``)
+replaces only its own part of bench/results.json and rewrites bench/RESULTS.md from it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from bench import common, report
 
 FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5}
 QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1}
+PARTS = ("ingest", "dispatch", "console")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -27,7 +28,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "part",
         nargs="?",
-        choices=("all", "ingest", "dispatch", "report"),
+        choices=("all", "ingest", "dispatch", "console", "report"),
         default="all",
         help="report: only write RESULTS.md and latency.png again from bench/results.json",
     )
@@ -49,6 +50,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--events", type=int, help="conversions per dispatch run")
     p.add_argument("--rounds", type=int, help="dispatch rounds (the median is reported)")
     p.add_argument(
+        "--report-conversions",
+        type=int,
+        help="conversions in the ads report's store (default 1,000,000; --quick 100,000)",
+    )
+    p.add_argument(
         "--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
     )
     p.add_argument(
@@ -64,7 +70,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _commands(data: dict[str, Any]) -> list[str]:
-    return sorted({data[k]["command"] for k in ("ingest", "dispatch") if k in data})
+    return sorted({data[k]["command"] for k in PARTS if k in data})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
             events=sizes["events"], rounds=sizes["rounds"], backends=backends, workdir=workdir
         )
         data["dispatch"] = {"date": date, "command": command.strip(), **dresult.to_dict()}
+        report.save(data)
+    if args.part in ("all", "console"):
+        from bench import console
+
+        scale = dict(console.QUICK if args.quick else console.FULL)
+        if args.report_conversions:
+            scale = {"conversions": args.report_conversions, "clicks": args.report_conversions // 5}
+        runs = console.run(**scale, backends=backends, workdir=workdir)
+        data["console"] = {
+            "date": date,
+            "command": command.strip(),
+            "runs": [r.to_dict() for r in runs],
+        }
         report.save(data)
     report.write(data, _commands(data))
     common.log(f"wrote {report.RESULTS_MD.relative_to(common.REPO)} and latency.png")

@@ -1,8 +1,9 @@
 """What each ad brought: clicks, conversations and the conversions credited to those clicks.
 
-The database does the counting (two grouped queries), so the figures are exact and the answer
-stays small whatever the volume. A conversion is credited to an ad through its ``ctwa_clid``:
-the conversion row carries the click, the click row carries the ad.
+The database does the counting, so the figures are exact and the answer stays small whatever
+the volume: clicks and conversations from the clicks of the range, conversions from
+``ad_conversion_stats``, the rollup that triggers keep per ad and click day (migration 0008).
+A conversion is credited to the ad of the first click of its ``ctwa_clid``.
 """
 
 from __future__ import annotations
@@ -15,23 +16,21 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Integer, Numeric, String, case, cast, distinct, func, literal, select
+from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from waconv.clock import isoformat, utcnow
 from waconv.errors import APIError
-from waconv.models import META_ID, Click, Conversation, Conversion
+from waconv.models import META_ID, AdConversionStat, Click, Conversation
 
 # A report without dates covers the last 30 days: what an operator asks for first.
 DEFAULT_DAYS = 30
 # A wider range is one query too many for an interactive page; ask twice instead.
 MAX_DAYS = 3660
-# SQLite sums floats; revenue is summed there in millionths, exact for any currency's
-# minor units (three decimals at most in ISO 4217).
-SQLITE_REVENUE_SCALE = 1_000_000
-
-CREDITED = (Conversion.PENDING, Conversion.SENT)
-NOT_SENT = (Conversion.FAILED, Conversion.EXPIRED)
+# The rollup keeps revenue in millionths: exact for any currency's minor units (three
+# decimals at most in ISO 4217), on SQLite too.
+REVENUE_SCALE = 1_000_000
+PURCHASE = "Purchase"
 
 
 @dataclass(frozen=True)
@@ -228,55 +227,44 @@ def ads_report(session: Session, query: ReportQuery) -> AdsReport:
             last_click_at=last,
         )
 
-    # One row per (click id, ad): a click id seen twice (a redelivered referral on another
-    # message) credits its conversions once.
-    ad_clicks = (
-        select(Click.ctwa_clid, Click.source_id)
-        .where(*in_range, Click.ctwa_clid.is_not(None))
-        .distinct()
-        .subquery()
+    stats = select(
+        AdConversionStat.source_id,
+        AdConversionStat.outcome,
+        AdConversionStat.event_name,
+        AdConversionStat.currency,
+        func.sum(AdConversionStat.events),
+        func.sum(AdConversionStat.revenue_micros),
+    ).where(*_stat_days(query))
+    stats = stats.group_by(
+        AdConversionStat.source_id,
+        AdConversionStat.outcome,
+        AdConversionStat.event_name,
+        AdConversionStat.currency,
     )
-    sent = Conversion.status.in_(CREDITED)
-    purchase = sent & (Conversion.event_name == "Purchase")
-    currency, amount = _revenue_columns(session)
-    outcome = case((sent, literal("credited")), else_=literal("not_sent"))
-    purchase_currency = case((purchase, currency), else_=None)
-    per_event = (
-        select(
-            ad_clicks.c.source_id,
-            outcome,
-            Conversion.event_name,
-            purchase_currency,
-            func.count(),
-            func.sum(case((purchase, amount), else_=None)),
-        )
-        .join(ad_clicks, ad_clicks.c.ctwa_clid == Conversion.ctwa_clid)
-        .where(Conversion.status.in_(CREDITED + NOT_SENT))
-        .group_by(ad_clicks.c.source_id, outcome, Conversion.event_name, purchase_currency)
-    )
-    scale = SQLITE_REVENUE_SCALE if session.get_bind().dialect.name == "sqlite" else 1
-    for source_id, kind, event_name, cur, count, total in session.execute(per_event):
-        row = rows.setdefault(source_id, AdRow(source_id))
-        if kind == "not_sent":
-            row.not_sent += count
+    for source, outcome, event_name, currency, count, micros in session.execute(stats):
+        if not count:
             continue
-        row.events[event_name] = row.events.get(event_name, 0) + count
-        if cur is not None and total is not None:
-            money = Decimal(total) / scale if scale != 1 else Decimal(total)
-            row.revenue[cur] = row.revenue.get(cur, Decimal(0)) + money
+        source_id = source or None  # the rollup keeps "" for a click without a source id
+        row = rows.setdefault(source_id, AdRow(source_id))
+        if outcome == AdConversionStat.NOT_SENT:
+            row.not_sent += int(count)
+            continue
+        row.events[event_name] = row.events.get(event_name, 0) + int(count)
+        if event_name == PURCHASE and currency:
+            money = Decimal(int(micros)) / REVENUE_SCALE
+            row.revenue[currency] = row.revenue.get(currency, Decimal(0)) + money
     items = sorted(rows.values(), key=lambda r: (-r.clicks, r.source_id or ""))
     return AdsReport(query, items)
 
 
-def _revenue_columns(session: Session) -> tuple[Any, Any]:
-    """custom_data's currency (upper case) and value, as each database reads JSON."""
-    data = Conversion.custom_data
-    currency = func.upper(data["currency"].as_string())
-    if session.get_bind().dialect.name == "sqlite":
-        value = cast(func.round(data["value"].as_float() * SQLITE_REVENUE_SCALE), Integer)
-    else:
-        value = cast(data["value"].as_string(), Numeric)
-    return cast(currency, String), value
+def _stat_days(query: ReportQuery) -> list[Any]:
+    where = [
+        AdConversionStat.day >= query.since.isoformat(),
+        AdConversionStat.day <= query.until.isoformat(),
+    ]
+    if query.waba_id is not None:
+        where.append(AdConversionStat.waba_id == query.waba_id)
+    return where
 
 
 @dataclass(frozen=True)
@@ -302,21 +290,12 @@ def daily(session: Session, query: ReportQuery) -> list[Day]:
             select(day, func.count(distinct(Click.ctwa_clid))).where(*in_range).group_by(day)
         ).all()
     )
-    first_click = (
-        select(Click.ctwa_clid, func.min(day).label("day"))
-        .where(*in_range, Click.ctwa_clid.is_not(None))
-        .group_by(Click.ctwa_clid)
-        .subquery()
+    credited = (
+        select(AdConversionStat.day, func.sum(AdConversionStat.events))
+        .where(*_stat_days(query), AdConversionStat.outcome == AdConversionStat.CREDITED)
+        .group_by(AdConversionStat.day)
     )
-    conversions: dict[str, int] = dict(
-        session.execute(
-            select(first_click.c.day, func.count())
-            .select_from(Conversion)
-            .join(first_click, first_click.c.ctwa_clid == Conversion.ctwa_clid)
-            .where(Conversion.status.in_(CREDITED))
-            .group_by(first_click.c.day)
-        ).all()
-    )
+    conversions: dict[str, int] = dict(session.execute(credited).all())
     days = []
     current = query.since
     while current <= query.until:

@@ -6,14 +6,18 @@ import csv
 import io
 import itertools
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
 
 from tests import payloads as p
 from tests.admin.conftest import Admin
 from tests.conftest import PHONE_NUMBER_ID, WABA_ID
+from waconv import reports, schema
+from waconv.db import make_engine
 from waconv.models import Account, Click, Conversation, Conversion
 from waconv.services import Services
 
@@ -237,3 +241,95 @@ def test_a_click_from_a_real_webhook_is_reported(
     assert [(i["source_id"], i["clicks"], i["conversations"]) for i in body["items"]] == [
         ("120226305854810726", 1, 1)
     ]
+
+
+def _set(services: Services, **values: Any) -> None:
+    with services.db.transaction() as session:
+        session.execute(update(Conversion).values(**values))
+
+
+def test_the_rollup_follows_every_change_of_a_conversion(
+    admin: Admin, seed: Seed, services: Services
+) -> None:
+    conv = seed.conversation()
+    seed.click(conv, "clid-1", "A", at(2))
+    seed.conversion(conv, "clid-1", "Purchase", Conversion.PENDING, value=10, currency="USD")
+
+    def figures() -> tuple[Any, ...]:
+        item = report(admin, since="2026-11-01", until="2026-11-30")["items"][0]
+        return item["events"], item["revenue"], item["not_sent"]
+
+    assert figures() == ({"Purchase": 1}, {"USD": 10}, 0)
+    _set(services, status=Conversion.SENT)
+    assert figures() == ({"Purchase": 1}, {"USD": 10}, 0)
+    _set(services, status=Conversion.FAILED)
+    assert figures() == ({}, {}, 1)
+    _set(services, status=Conversion.PENDING, custom_data={"value": 12.5, "currency": "EUR"})
+    assert figures() == ({"Purchase": 1}, {"EUR": 12.5}, 0)
+    _set(services, status=Conversion.EXPIRED)
+    assert figures() == ({}, {}, 1)
+    _set(services, status="canceled")  # never sent: neither credited nor a failure
+    assert figures() == ({}, {}, 0)
+    _set(services, status=Conversion.SENT)
+    with services.db.transaction() as session:
+        session.execute(delete(Conversion))
+    assert figures() == ({}, {}, 0)
+
+
+def test_a_value_that_is_not_a_number_never_breaks_the_outbox(
+    admin: Admin, seed: Seed, services: Services
+) -> None:
+    conv = seed.conversation()
+    seed.click(conv, "clid-1", "A", at(2))
+    seed.conversion(conv, "clid-1", "Purchase", value="a lot", currency="USD")
+    seed.conversion(conv, "clid-1", "Purchase", value=1e300, currency="USD")
+    item = report(admin, since="2026-11-01", until="2026-11-30")["items"][0]
+    assert (item["events"], item["revenue"]) == ({"Purchase": 2}, {"USD": 0})
+
+
+def test_the_upgrade_counts_the_conversions_already_stored(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        schema.downgrade(engine, "0003")
+        with Session(engine) as session, session.begin():
+            session.add(Account(waba_id=WABA_ID))
+            conv = Conversation(waba_id=WABA_ID, phone_number_id=PHONE_NUMBER_ID, wa_id="1")
+            session.add(conv)
+            session.flush()
+            session.add(
+                Click(
+                    conversation_id=conv.id,
+                    message_wamid="wamid.1",
+                    ctwa_clid="clid-1",
+                    source_id="A",
+                    referral={},
+                    clicked_at=at(2),
+                )
+            )
+            for n, status in enumerate([Conversion.SENT, Conversion.SENT, Conversion.FAILED]):
+                session.add(
+                    Conversion(
+                        event_id=f"e{n}",
+                        waba_id=WABA_ID,
+                        conversation_id=conv.id,
+                        ctwa_clid="clid-1",
+                        event_name="Purchase",
+                        event_time=at(2),
+                        custom_data={"value": 0.1, "currency": "USD"},
+                        source="admin",
+                        status=status,
+                    )
+                )
+        schema.upgrade(engine)
+        with Session(engine) as session:
+            got = reports.ads_report(
+                session, reports.ReportQuery(date(2026, 11, 1), date(2026, 11, 30))
+            )
+        [item] = got.to_dict()["items"]
+        assert (item["events"], item["revenue"], item["not_sent"]) == (
+            {"Purchase": 2},
+            {"USD": 0.2},
+            1,
+        )
+    finally:
+        engine.dispose()
