@@ -1,7 +1,7 @@
 """The ads report's rollup of conversions per ad and click day, kept by triggers; clicks by date
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-06 23:00:00
 
 The report (GET /admin/reports/ads, the console's ads page) counts the conversions credited to
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0003"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

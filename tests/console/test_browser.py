@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from werkzeug.serving import make_server
 
 from tests import payloads as p
 from tests.admin.conftest import Admin
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, WABA_ID
+from waconv.conversions import requestlog
 from waconv.models import Conversion
 from waconv.services import Services
 
@@ -142,8 +144,35 @@ def failed_purchase(admin: Admin, services: Services, post_webhook: Callable[...
                 "102290129340398. Check that the conversation came from this account's ad.",
             )
         )
+        for n, (status, message) in enumerate([(500, "An unknown error occurred"), (400, None)]):
+            requestlog.record_request(
+                session,
+                requestlog.RequestRecord(
+                    at=datetime(2026, 12, 1, 10, n, tzinfo=UTC),
+                    waba_id=WABA_ID,
+                    destination="graph",
+                    events=1,
+                    bytes=412,
+                    duration_ms=180 + n,
+                    http_status=status,
+                    fbtrace_id=f"A7xQ2mYp{n}Kd",
+                    error_code=1 if status == 500 else 100,
+                    error_subcode=None if status == 500 else 2804003,
+                    error_message=message or "The ctwa_clid is not valid for this account",
+                ),
+                [r.get_json()["id"]],
+            )
     conversion_id: int = r.get_json()["id"]
     return conversion_id
+
+
+def wait_for_url(driver: Any, part: str) -> None:
+    """Until the browser shows the next page: an element found on the page being left goes
+    stale under the test's hands."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 5).until(expected_conditions.url_contains(part))
 
 
 def log_in(driver: Any, server: str) -> None:
@@ -182,6 +211,7 @@ def test_log_in_read_the_report_retry_a_failure_and_log_out(
             "arguments[0].value = arguments[1]", driver.find_element(By.ID, field), day
         )
     driver.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click()
+    wait_for_url(driver, "since=2025-06-01")
     driver.find_element(By.CSS_SELECTOR, "svg.chart")
     row = driver.find_element(By.CSS_SELECTOR, "table.report tbody tr")
     assert "Chat with us" in row.text
@@ -192,10 +222,13 @@ def test_log_in_read_the_report_retry_a_failure_and_log_out(
     driver.find_element(By.LINK_TEXT, "Conversions").click()
     driver.find_element(By.ID, "status").send_keys("failed")
     driver.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click()
+    wait_for_url(driver, "status=failed")
     driver.find_element(By.LINK_TEXT, f"#{failed_purchase}").click()
+    wait_for_url(driver, f"/console/conversions/{failed_purchase}")
     page = driver.find_element(By.TAG_NAME, "main").text
     assert "does not belong to WABA" in page  # the advice
     assert "The ctwa_clid is not valid" in page  # Meta's words
+    assert "A7xQ2mYp1Kd" in page  # Meta's answers, from the request log
     shoot("conversion-failed")
 
     driver.find_element(By.XPATH, "//button[normalize-space()='Retry']").click()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from tests import payloads as p
 from tests.admin.conftest import Admin
 from tests.conftest import ADMIN_TOKEN, WABA_ID
 from waconv.accounts import registry
+from waconv.conversions import requestlog
 from waconv.models import Account, Conversion, WebhookDelivery
 from waconv.services import Services
 
@@ -31,6 +33,7 @@ PAGES = [
 ]
 ACTIONS = [
     "/console/conversions/1/retry",
+    "/console/conversions/1/cancel",
     f"/console/accounts/{WABA_ID}/resume",
     "/console/webhooks/1/replay",
     "/console/logout",
@@ -72,6 +75,23 @@ def failed(clicked: str, admin: Admin, services: Services) -> int:
                 last_error_subcode=2804003,
                 last_error_message="Invalid parameter",
             )
+        )
+        requestlog.record_request(
+            session,
+            requestlog.RequestRecord(
+                at=datetime(2026, 12, 1, 10, tzinfo=UTC),
+                waba_id=WABA_ID,
+                destination="graph",
+                events=1,
+                bytes=420,
+                duration_ms=87,
+                http_status=400,
+                fbtrace_id="AbCdEfGhIjK",
+                error_code=100,
+                error_subcode=2804003,
+                error_message="Invalid parameter",
+            ),
+            [conversion_id],
         )
     return conversion_id
 
@@ -175,7 +195,8 @@ def test_retry_a_failed_conversion(browser: FlaskClient, failed: int, services: 
     page = browser.get(f"/console/conversions/{failed}").get_data(as_text=True)
     assert "Meta refused the event: fix the click id" in page
     assert "Invalid parameter" in page and "2804003" in page
-    assert '"event_name": "Purchase"' in html.unescape(page)  # the event as built
+    assert '"event_name": "Purchase"' in html.unescape(page)  # what was sent
+    assert "AbCdEfGhIjK" in page  # Meta's answer, from the request log
     r = browser.post(f"/console/conversions/{failed}/retry", data={"csrf_token": csrf_of(browser)})
     assert r.status_code == 302
     assert status_of(services, failed) == Conversion.PENDING
@@ -194,6 +215,21 @@ def test_retry_of_a_pending_conversion_says_why_not(
         f"/console/conversions/{failed}/retry", data={"csrf_token": csrf}, follow_redirects=True
     )
     assert "only failed conversions can be retried" in r.get_data(as_text=True)
+
+
+def test_cancel_a_failed_conversion(browser: FlaskClient, failed: int, services: Services) -> None:
+    r = browser.post(
+        f"/console/conversions/{failed}/cancel",
+        data={"csrf_token": csrf_of(browser)},
+        follow_redirects=True,
+    )
+    assert "will never be sent" in r.get_data(as_text=True)
+    assert status_of(services, failed) == Conversion.CANCELED
+
+
+def test_cancel_needs_the_csrf_token(browser: FlaskClient, failed: int, services: Services) -> None:
+    assert browser.post(f"/console/conversions/{failed}/cancel").status_code == 400
+    assert status_of(services, failed) == Conversion.FAILED
 
 
 def test_conversions_list_filters(browser: FlaskClient, failed: int) -> None:

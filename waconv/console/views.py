@@ -31,7 +31,6 @@ from waconv.admin import service
 from waconv.clock import isoformat
 from waconv.console import auth
 from waconv.console.chart import daily_chart
-from waconv.conversions.events import build_meta_event
 from waconv.errors import APIError
 from waconv.models import Click, Conversation, Conversion, Message, WebhookDelivery
 from waconv.services import current_services
@@ -233,29 +232,21 @@ def conversions() -> Any:
 
 @bp.get("/conversions/<int:conversion_id>")
 def conversion(conversion_id: int) -> Any:
-    with current_services().db.transaction() as session:
+    services = current_services()
+    with services.db.transaction() as session:
         row = _conversion_or_404(session, conversion_id)
-        body = service.conversion_to_dict(row)
+        body = service.conversion_detail(session, conversion_id, services.settings)
         body["last_error_title"] = row.last_error_title
         body["last_error_message"] = row.last_error_message
         body["last_error_fbtrace_id"] = row.last_error_fbtrace_id
-        event = build_meta_event(
-            event_name=row.event_name,
-            event_time=row.event_time,
-            event_id=row.event_id,
-            waba_id=row.waba_id,
-            ctwa_clid=row.ctwa_clid,
-            custom_data=row.custom_data,
-            extra=row.extra,
-        )
+    sent = body["sent_event"]
     return render_template(
         "console/conversion.html",
         c=body,
-        event_json=json.dumps(event, indent=2, ensure_ascii=False),
-        # The request log (what Meta answered to each request) arrives with 0.4's request
-        # table; until then the page shows the last answer kept on the conversion.
-        requests=None,
-        can_cancel=False,
+        event_json=json.dumps(sent, indent=2, ensure_ascii=False) if sent else None,
+        requests=body["requests"],
+        can_retry=body["status"] == Conversion.FAILED,
+        can_cancel=body["status"] in (Conversion.PENDING, Conversion.FAILED),
     )
 
 
@@ -272,6 +263,19 @@ def retry(conversion_id: int) -> Redirect:
         with current_services().db.transaction() as session:
             service.retry_conversion(session, conversion_id)
         flash(f"Conversion {conversion_id} is queued again.", "ok")
+    except APIError as err:
+        if err.status == 404:
+            abort(404)
+        flash(err.message, "error")
+    return _redirect("console.conversion", conversion_id=conversion_id)
+
+
+@bp.post("/conversions/<int:conversion_id>/cancel")
+def cancel(conversion_id: int) -> Redirect:
+    try:
+        with current_services().db.transaction() as session:
+            service.cancel_conversion(session, conversion_id)
+        flash(f"Conversion {conversion_id} is canceled: it will never be sent.", "ok")
     except APIError as err:
         if err.status == 404:
             abort(404)
