@@ -365,12 +365,18 @@ def _console_section(console: dict[str, Any]) -> list[str]:
         pages = run["pages_ms"]
         slowest = max(pages, key=pages.get) if pages else "-"
         worst = pages.get(slowest, 0.0)
+        # The targets are for a store of 1,000,000 conversions and 200,000 clicks.
+        full = run["conversions"] >= 1_000_000 and run["clicks"] >= 200_000
+
+        def verdict(ok: bool, full: bool = full) -> str:
+            return _verdict(ok) if full else "(smaller store: no verdict)"
+
         lines.append(
             f"| {run['backend']} | {run['clicks']:,} | {run['conversions']:,} "
             f"| {run['report_ms']:.0f} ms | {run['report_target_ms']:.0f} ms "
-            f"{_verdict(run['report_ms'] <= run['report_target_ms'])} "
+            f"{verdict(run['report_ms'] <= run['report_target_ms'])} "
             f"| {worst:.0f} ms ({slowest}) | {run['page_target_ms']:.0f} ms "
-            f"{_verdict(worst <= run['page_target_ms'])} |"
+            f"{verdict(worst <= run['page_target_ms'])} |"
         )
     lines.append("")
     for run in console["runs"]:
