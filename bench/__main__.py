@@ -1,8 +1,8 @@
-"""``python -m bench [all|ingest|dispatch|connectors|report] [--quick]``: run, then write
-bench/RESULTS.md.
+"""``python -m bench [all|ingest|dispatch|connectors|console|report] [--quick]``: run, then
+write bench/RESULTS.md.
 
-``make bench`` runs everything. A partial run (``ingest``, ``dispatch`` or ``connectors``)
-replaces only its own part of bench/results.json and rewrites RESULTS.md from it.
+``make bench`` runs everything. A partial run (``ingest``, ``dispatch``, ``connectors`` or
+``console``) replaces only its own part of bench/results.json and rewrites RESULTS.md from it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from bench import common, report
 
 FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5, "orders": 1_000}
 QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1, "orders": 200}
+PARTS = ("ingest", "dispatch", "connectors", "console")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -28,7 +29,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "part",
         nargs="?",
-        choices=("all", "ingest", "dispatch", "connectors", "report"),
+        choices=("all", "ingest", "dispatch", "connectors", "console", "report"),
         default="all",
         help="report: only write RESULTS.md and latency.png again from bench/results.json",
     )
@@ -51,6 +52,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="dispatch rounds (the median is reported)")
     p.add_argument("--orders", type=int, help="Shopify webhooks in the connectors burst")
     p.add_argument(
+        "--report-conversions",
+        type=int,
+        help="conversions in the ads report's store (default 1,000,000; --quick 100,000)",
+    )
+    p.add_argument(
         "--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql"
     )
     p.add_argument(
@@ -66,7 +72,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _commands(data: dict[str, Any]) -> list[str]:
-    return sorted({data[k]["command"] for k in ("ingest", "dispatch", "connectors") if k in data})
+    return sorted({data[k]["command"] for k in PARTS if k in data})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +126,19 @@ def main(argv: list[str] | None = None) -> int:
 
         cresult = connectors.run(orders=sizes["orders"], backends=backends, workdir=workdir)
         data["connectors"] = {"date": date, "command": command.strip(), **cresult.to_dict()}
+
+    if args.part in ("all", "console"):
+        from bench import console
+
+        scale = dict(console.QUICK if args.quick else console.FULL)
+        if args.report_conversions:
+            scale = {"conversions": args.report_conversions, "clicks": args.report_conversions // 5}
+        runs = console.run(**scale, backends=backends, workdir=workdir)
+        data["console"] = {
+            "date": date,
+            "command": command.strip(),
+            "runs": [r.to_dict() for r in runs],
+        }
         report.save(data)
     report.write(data, _commands(data))
     common.log(f"wrote {report.RESULTS_MD.relative_to(common.REPO)} and latency.png")

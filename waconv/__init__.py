@@ -27,6 +27,7 @@ def create_app(
     from waconv.admin.views import bp as admin_bp
     from waconv.connectors.views import admin_bp as connectors_admin_bp
     from waconv.connectors.views import bp as connectors_bp
+    from waconv.console.views import bp as console_bp
     from waconv.errors import register_error_handlers
     from waconv.health import bp as health_bp
     from waconv.logs import configure_logging
@@ -58,5 +59,6 @@ def create_app(
     app.register_blueprint(admin_bp)
     app.register_blueprint(connectors_bp)
     app.register_blueprint(connectors_admin_bp)
+    app.register_blueprint(console_bp)
     register_error_handlers(app)
     return app

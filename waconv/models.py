@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -141,7 +142,8 @@ class Click(Base):
     thumbnail_url: Mapped[str | None] = mapped_column(Text)
     welcome_message: Mapped[str | None] = mapped_column(Text)
     referral: Mapped[dict[str, Any]] = mapped_column(JsonDoc)  # as Meta sent it
-    clicked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Indexed for the ads report, which selects clicks by date.
+    clicked_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -309,6 +311,38 @@ class Conversion(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AdConversionStat(Base):
+    """Conversions per account, ad, click day, event, outcome and currency: the ads report's
+    rollup. Kept by triggers on ``conversions`` (migration 0008), never written by the app."""
+
+    __tablename__ = "ad_conversion_stats"
+    __table_args__ = (
+        UniqueConstraint(
+            "waba_id",
+            "source_id",
+            "day",
+            "event_name",
+            "outcome",
+            "currency",
+            name="uq_ad_conversion_stats_waba_id",
+        ),
+    )
+
+    CREDITED = "credited"  # pending or sent
+    NOT_SENT = "not_sent"  # failed or expired
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    waba_id: Mapped[str] = mapped_column(String(META_ID))
+    source_id: Mapped[str] = mapped_column(String(64))  # "" for a click without one
+    day: Mapped[str] = mapped_column(String(10), index=True)  # YYYY-MM-DD of the click, UTC
+    event_name: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(8))
+    currency: Mapped[str] = mapped_column(String(8))  # Purchase's currency, else ""
+    events: Mapped[int] = mapped_column(BigInteger)
+    # Millionths of the currency: exact sums on SQLite too.
+    revenue_micros: Mapped[int] = mapped_column(BigInteger)
 
 
 class DispatchRequest(Base):

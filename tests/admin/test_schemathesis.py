@@ -105,6 +105,7 @@ OPERATIONS = [
     "cancelConversion",
     "listRequests",
     "listUnmatchedOrders",
+    "adsReport",
 ]
 
 

@@ -337,3 +337,15 @@ def why_idle(services: Services) -> list[str]:
             else:
                 lines.append(f"account {waba_id}: {events} due; run again to send them")
     return lines
+
+
+def resume_account(services: Services, waba_id: str) -> AccountView:
+    """Send a paused account's events again now; if the cause remains, Meta's next answer
+    pauses it again with the same reason."""
+    with services.db.transaction() as session:
+        account = registry.get_account(session, meta_id(waba_id, "the WABA id"))
+        if account is None:
+            raise AccountError(f"no account {waba_id}")
+        registry.resume(account, "resumed by the operator")
+        session.flush()
+        return _view(account, services)

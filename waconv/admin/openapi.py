@@ -316,6 +316,66 @@ def _text_query(name: str, description: str) -> dict[str, Any]:
     }
 
 
+def _date_query(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "format": "date"},
+        "example": "2025-06-18",
+    }
+
+
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+_AMOUNTS = {"type": "object", "additionalProperties": {"type": "number"}}
+_AD_TOTALS = {
+    "type": "object",
+    "required": ["clicks", "conversations", "events", "revenue", "not_sent"],
+    "properties": {
+        "clicks": {"type": "integer", "minimum": 0},
+        "conversations": {"type": "integer", "minimum": 0},
+        "events": _COUNTS,
+        "revenue": _AMOUNTS,
+        "not_sent": {"type": "integer", "minimum": 0},
+    },
+}
+_ADS_REPORT = {
+    "type": "object",
+    "required": ["items", "totals"],
+    "properties": {
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "source_id",
+                    "source_type",
+                    "source_url",
+                    "headline",
+                    "clicks",
+                    "conversations",
+                    "events",
+                    "revenue",
+                    "not_sent",
+                    "first_click_at",
+                    "last_click_at",
+                ],
+                "properties": {
+                    **_AD_TOTALS["properties"],  # type: ignore[dict-item]
+                    "source_id": _nullable(_STRING),
+                    "source_type": _nullable(_STRING),
+                    "source_url": _nullable(_STRING),
+                    "headline": _nullable(_STRING),
+                    "first_click_at": _nullable(_STRING),
+                    "last_click_at": _nullable(_STRING),
+                },
+            },
+        },
+        "totals": _AD_TOTALS,
+    },
+}
+
 _CONVERSION_ID = {
     "name": "id",
     "in": "path",
@@ -512,6 +572,46 @@ _DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/admin/reports/ads": {
+            "get": {
+                "operationId": "adsReport",
+                "summary": "Per ad: clicks, conversations, conversions by name, revenue",
+                "description": "Clicks whose message is dated from since to until (UTC, "
+                "inclusive; default the last 30 days). events and revenue count conversions "
+                "pending or sent credited to those clicks; not_sent counts failed and expired "
+                "ones. format=csv answers one row per ad with a column per event name "
+                "(events.Purchase) and per currency (revenue.USD).",
+                "parameters": [
+                    _date_query("since", "first day of the click, YYYY-MM-DD"),
+                    _date_query("until", "last day of the click, YYYY-MM-DD"),
+                    {
+                        "name": "waba_id",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,32}$"},
+                    },
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the report",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/AdsReport"}
+                            },
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_BAD_REQUEST,
+                    **_ALWAYS,
+                },
+            }
+        },
         "/admin/openapi.json": {
             "get": {
                 "operationId": "getOpenAPI",
@@ -564,6 +664,7 @@ _DOCUMENT: dict[str, Any] = {
                 },
             },
             "MarkRequest": _MARK_REQUEST,
+            "AdsReport": _ADS_REPORT,
             "Conversation": _CONVERSATION,
         },
         "responses": {

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from waconv import reports
 from waconv.admin import service
 from waconv.admin.auth import require_admin
 from waconv.admin.openapi import openapi_document
@@ -131,6 +132,25 @@ def retry_conversion(conversion_id: int) -> tuple[Response, int]:
     with current_services().db.transaction() as session:
         body = service.conversion_to_dict(service.retry_conversion(session, conversion_id))
     return jsonify(body), 202
+
+
+@bp.get("/reports/ads")
+def ads_report() -> Response:
+    _only_query("since", "until", "waba_id", "format")
+    output = request.args.get("format", "json")
+    if output not in ("json", "csv"):
+        raise APIError(400, "invalid_parameter", "format is json or csv", field="format")
+    query = reports.ReportQuery.from_args(request.args)
+    with current_services().db.transaction() as session:
+        report = reports.ads_report(session, query)
+    if output == "csv":
+        name = f"ads-{query.since.isoformat()}-{query.until.isoformat()}.csv"
+        return Response(
+            report.to_csv(),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    return jsonify(report.to_dict())
 
 
 @bp.get("/openapi.json")
