@@ -23,6 +23,7 @@ from waconv.models import (
     Click,
     Conversation,
     Conversion,
+    CustomerIdentifier,
     Message,
     UserAlias,
     WebhookDelivery,
@@ -392,3 +393,23 @@ def test_a_plain_ctwa_delivery_looks_up_aliases_in_its_one_conversation_query(ch
     assert len(lookups) == 2  # one conversation lookup per message, aliases inside it
     assert all("FROM conversations" in s.split("user_aliases")[0] for s in lookups)
     assert count(chat.services, Conversion) == 1
+
+
+def test_a_merge_keeps_each_customer_digest_once(chat: Chat):
+    """Both conversations held the same hashed email (a connector named it for each): the
+    merge moves the other's digests and keeps the shared one once."""
+    from waconv.customers.store import remember
+
+    clicked(chat)
+    chat.post(from_user(NEW, "Hi again", ts=TS + 300))
+    with chat.services.db.transaction() as session:
+        old, new = sorted(session.query(Conversation).all(), key=lambda c: c.id)
+        remember(session, old.id, [("em", "a" * 64)])
+        remember(session, new.id, [("em", "a" * 64), ("fn", "b" * 64)])
+    chat.post(changed_user_id(previous_user_id=OLD))
+    survivor = one(chat.services, Conversation)
+    digests = rows(chat.services, CustomerIdentifier)
+    assert sorted((d.field, d.conversation_id) for d in digests) == [
+        ("em", survivor.id),
+        ("fn", survivor.id),
+    ]
