@@ -36,6 +36,7 @@ MAX_LEASE_SECONDS = 60  # the contract: leased events of a dead dispatcher due w
 LEASE_SLACK_SECONDS = 5
 MAX_GRAPH_TIMEOUT_SECONDS = MAX_LEASE_SECONDS - LEASE_SLACK_SECONDS
 WEBHOOK_PROCESSING_MODES = ("background", "inline")
+DESTINATIONS = ("graph", "gateway", "both")
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,12 @@ class Settings:
     retention_days: int = 30
     db_pool_size: int = 5
     log_level: str = "INFO"
+    # Where accounts without a destination of their own send (waconv.conversions.destinations).
+    destination: str = "graph"
+    gateway_url: str = ""
+    gateway_access_key: str = field(default="", repr=False)
+    # Comma-separated event names; when set, only these go to the Gateway.
+    gateway_events: str = ""
     # Where the secrets came from, for the start-up banner; never the values.
     dev_secrets: tuple[str, ...] = field(default=())
 
@@ -91,7 +98,14 @@ class Settings:
 
 
 SECRET_FIELDS = frozenset(
-    {"verify_token", "app_secret", "access_token", "secret_key", "admin_token"}
+    {
+        "verify_token",
+        "app_secret",
+        "access_token",
+        "secret_key",
+        "admin_token",
+        "gateway_access_key",
+    }
 )
 
 _ENV: dict[str, tuple[str, type]] = {
@@ -119,6 +133,10 @@ _ENV: dict[str, tuple[str, type]] = {
     "WACONV_RETENTION_DAYS": ("retention_days", int),
     "WACONV_DB_POOL_SIZE": ("db_pool_size", int),
     "WACONV_LOG_LEVEL": ("log_level", str),
+    "WACONV_DESTINATION": ("destination", str),
+    "WACONV_GATEWAY_URL": ("gateway_url", str),
+    "WACONV_GATEWAY_ACCESS_KEY": ("gateway_access_key", str),
+    "WACONV_GATEWAY_EVENTS": ("gateway_events", str),
 }
 _FIELD_TO_ENV = {name: var for var, (name, _) in _ENV.items()}
 
@@ -202,10 +220,33 @@ def validate(s: Settings) -> None:
         )
     if s.retention_days < 1:
         raise ConfigError("WACONV_RETENTION_DAYS must be at least 1")
+    if s.destination not in DESTINATIONS:
+        raise ConfigError(
+            f"WACONV_DESTINATION must be graph, gateway or both, not {s.destination!r}"
+        )
+    if s.gateway_url and not s.gateway_url.startswith(("http://", "https://")):
+        raise ConfigError("WACONV_GATEWAY_URL must start with http:// or https://")
+    event_names(s.gateway_events, "WACONV_GATEWAY_EVENTS")
     for name in ("waba_id", "dataset_id"):
         value = getattr(s, name)
         if value and not value.isdigit():
             raise ConfigError(f"{env_name(name)} must be a numeric Meta id, not {value!r}")
+
+
+def event_names(text: str | None, where: str) -> frozenset[str] | None:
+    """``A,B`` as a set of business-messaging event names; None when ``text`` is empty."""
+    from waconv.conversions.events import EVENT_NAMES
+
+    if not text or not text.strip():
+        return None
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(names - set(EVENT_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"{where} names unknown events: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(EVENT_NAMES))})"
+        )
+    return names
 
 
 def require(s: Settings, *names: str) -> None:

@@ -63,6 +63,7 @@ from sqlalchemy import (
     cast,
     exists,
     func,
+    insert,
     or_,
     select,
     update,
@@ -72,14 +73,24 @@ from sqlalchemy.orm import Session
 
 from waconv.accounts import registry
 from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
+from waconv.accounts.service import AccountError, provision_dataset
 from waconv.clock import utcnow
 from waconv.config import LEASE_SLACK_SECONDS, ConfigError
+from waconv.conversions.destinations import (
+    GATEWAY,
+    GRAPH,
+    Destination,
+    GatewayDestination,
+    GraphDestination,
+    Refusal,
+    Routing,
+)
 from waconv.conversions.events import MAX_EVENT_AGE, build_meta_event
 from waconv.db import from_driver_time, time_binder
 from waconv.graph.client import GraphClient
-from waconv.graph.errors import Disposition, GraphError, classify, operator_message
+from waconv.graph.errors import Disposition
 from waconv.metrics import CONVERSION_EVENTS, GRAPH_REQUESTS
-from waconv.models import Account, Conversion
+from waconv.models import Account, Conversion, ConversionDelivery
 from waconv.services import Services
 
 log = logging.getLogger(__name__)
@@ -180,11 +191,24 @@ class AccountLease:
 
 @dataclass
 class Claimed:
-    """One claim: the account lease it was read under, its rows and their Meta events."""
+    """One claim: the account lease it was read under, its rows and their Meta events, and
+    the destination they go to."""
 
     lease: AccountLease
     rows: list[Row]
     events: dict[int, dict[str, Any]] = field(default_factory=dict)
+    destination: Destination | None = None
+    # The outcome is recorded per destination (conversion_deliveries), not on the conversion.
+    tracked: bool = False
+
+    def to(self, destination: Destination) -> Claimed:
+        """The same claim, for ``destination``, recorded per destination."""
+        return Claimed(self.lease, self.rows, self.events, destination, tracked=True)
+
+    @property
+    def at(self) -> str | None:
+        """The destination whose delivery state an outcome goes to (None: the conversion's)."""
+        return self.destination.name if self.tracked and self.destination else None
 
     @property
     def ids(self) -> list[int]:
@@ -337,8 +361,48 @@ def _id_in(ids: Sequence[int], dialect: str) -> Any:
     return Conversion.id.in_(select(func.json_each(listed).table_valued("value").c.value))
 
 
+def _delivery_in(ids: Sequence[int], dialect: str) -> Any:
+    """``conversion_id IN (ids)`` of conversion_deliveries, with ``_id_list``."""
+    listed = bindparam(None, _id_list(ids, dialect), type_=Text)
+    column = ConversionDelivery.conversion_id
+    if dialect == "postgresql":
+        return column == any_(cast(listed, ARRAY(BigInteger)))
+    return column.in_(select(func.json_each(listed).table_valued("value").c.value))
+
+
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _endpoint(claimed: Claimed) -> str:
+    """The requests metric's endpoint label of where ``claimed`` goes."""
+    destination = claimed.destination.name if claimed.destination else GRAPH
+    return "events" if destination == GRAPH else "gateway_events"
+
+
+# Fields of a conversion's outcome that belong to one destination's delivery; the others
+# (Meta's error code, the dataset) stay on the conversion.
+_DELIVERY_FIELDS = frozenset({"status", "attempts", "next_attempt_at", "last_error"})
+_DELIVERY_SETTLED = (ConversionDelivery.SENT, ConversionDelivery.FAILED, ConversionDelivery.EXPIRED)
+
+
+def _conversion_values(
+    deliveries: Sequence[tuple[str, str, int, datetime, str | None]], now: datetime
+) -> dict[str, Any]:
+    """A conversion's schedule and fate from its deliveries (destination, status, attempts,
+    next_attempt_at, last_error): sent when every destination has it, failed when one failed
+    (once none is pending), else pending until the earliest destination's next attempt."""
+    statuses = {status for _, status, _, _, _ in deliveries}
+    attempts = max(tries for _, _, tries, _, _ in deliveries)
+    errors = [f"{name}: {error}" for name, status, _, _, error in deliveries if error]
+    last_error = "; ".join(errors) or None
+    if statuses == {ConversionDelivery.SENT}:
+        return {"status": Conversion.SENT, "sent_at": now, "attempts": attempts, "last_error": None}
+    if ConversionDelivery.PENDING in statuses:
+        due = min(at for _, status, _, at, _ in deliveries if status == ConversionDelivery.PENDING)
+        return {"next_attempt_at": due, "attempts": attempts, "last_error": last_error}
+    fate = Conversion.FAILED if ConversionDelivery.FAILED in statuses else Conversion.EXPIRED
+    return {"status": fate, "attempts": attempts, "last_error": last_error}
 
 
 def _counted(count: int, outcome: str) -> int:
@@ -361,6 +425,7 @@ class Dispatcher:
         self.services = services
         self.settings = services.settings
         self.db = services.db
+        self.destinations: dict[str, Destination] = {GATEWAY: GatewayDestination(services)}
         self.graph = graph or services.graph
         self.batch_size = batch_size
         self.lease = timedelta(seconds=self.settings.lease_seconds)
@@ -369,6 +434,16 @@ class Dispatcher:
         self._unswept: set[str] = set()
         self._stop: threading.Event | None = None  # run_forever's stop request
         self._deadline: float | None = None  # run_once's max_seconds, in time.monotonic()
+
+    @property
+    def graph(self) -> GraphClient:
+        return self._graph
+
+    @graph.setter
+    def graph(self, client: GraphClient) -> None:
+        self._graph = client
+        test_event_code = self.settings.test_event_code
+        self.destinations[GRAPH] = GraphDestination(client, test_event_code=test_event_code)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -531,7 +606,9 @@ class Dispatcher:
             probing = account.status == Account.PAUSED
             if creds is not None and creds.dataset_id is None:
                 tried = account.dataset_provision_tried_at
-                if tried is None or utcnow() - tried >= PROVISION_RETRY:
+                if creds.token is None:  # a Gateway-only account: nothing to provision with
+                    problem = self._no_dataset(waba_id)
+                elif tried is None or utcnow() - tried >= PROVISION_RETRY:
                     # Recorded (and committed) before the call: one try, whoever gets here first.
                     account.dataset_provision_tried_at = utcnow()
                     provision = True
@@ -548,6 +625,9 @@ class Dispatcher:
                 with self.db.transaction() as session:
                     stats.held = self._hold(session, waba_id, self._no_dataset(waba_id))
                 return
+        if not creds.routing.graph_only:
+            self._routed_turn(creds, lease, stats, probing=probing)
+            return
         claimed = self._claim(lease, 1 if probing else self.batch_size)
         if not claimed.rows:
             return
@@ -557,6 +637,180 @@ class Dispatcher:
                 self._deliver(creds, claimed, rows, stats, probing=probing)
             return
         self._pipeline(creds, claimed, rows, stats)
+
+    # -- accounts with more destinations than the Graph API -----------------------------------
+
+    def _routed_turn(
+        self, creds: Credentials, lease: AccountLease, stats: DispatchStats, *, probing: bool
+    ) -> None:
+        """The turn of an account whose events go to a Gateway: batch after batch, each sent to
+        every destination that still needs it (no pipelining: Graph-only accounts have it)."""
+        turn_ends = time.monotonic() + ACCOUNT_TURN_SECONDS
+        limit = 1 if probing else self.batch_size
+        after: tuple[Any, int] | None = None
+        while True:
+            claimed = self._claim(lease, limit, after=after)
+            if not claimed.rows:
+                return
+            rows = self._build_events(creds, claimed, stats)
+            if not self._deliver_routed(creds, claimed, rows, stats, probing=probing):
+                return
+            if probing or len(claimed.rows) < limit or not self._more_batches(lease, turn_ends):
+                return
+            after = claimed.last
+
+    def _deliver_routed(
+        self,
+        creds: Credentials,
+        claimed: Claimed,
+        rows: Sequence[Row],
+        stats: DispatchStats,
+        *,
+        probing: bool,
+    ) -> bool:
+        """Send ``rows`` to each destination due to get them; False when the account must
+        stop. The Gateway goes first: a Graph account problem then holds only Graph's part."""
+        due = self._due_deliveries(creds.routing, rows)
+        for name in (GATEWAY, GRAPH):
+            if due.get(name) and not self._deliver(
+                creds,
+                claimed.to(self.destinations[name]),
+                due[name],
+                stats,
+                probing=probing and name == GRAPH,
+            ):
+                return False
+        return True
+
+    def _due_deliveries(self, routing: Routing, rows: Sequence[Row]) -> dict[str, list[Row]]:
+        """Each destination's ``rows`` due now, their delivery rows made where missing.
+
+        A pending conversion whose deliveries are all settled was queued again by an operator
+        (``retry``): its failed destinations are due again. One with nothing due gets its
+        schedule back from its deliveries (its account was held or paused meanwhile)."""
+        now = utcnow()
+        ids = [r.id for r in rows]
+        due: dict[str, list[Row]] = {}
+        idle: list[int] = []
+        with self.db.transaction() as session:
+            known: dict[int, dict[str, tuple[str, datetime]]] = {}
+            for cid, name, status, at in session.execute(
+                select(
+                    ConversionDelivery.conversion_id,
+                    ConversionDelivery.destination,
+                    ConversionDelivery.status,
+                    ConversionDelivery.next_attempt_at,
+                ).where(_delivery_in(ids, self.db.dialect))
+            ):
+                known.setdefault(cid, {})[name] = (status, at)
+            missing: list[dict[str, Any]] = []
+            again: list[int] = []
+            for r in rows:
+                states = known.get(r.id, {})
+                targets = routing.targets(r.event_name)
+                if states and all(states.get(n, ("",))[0] in _DELIVERY_SETTLED for n in targets):
+                    failed = [n for n in targets if states[n][0] == ConversionDelivery.FAILED]
+                    if failed:
+                        again.append(r.id)
+                        states = {
+                            **states,
+                            **{n: (ConversionDelivery.PENDING, now) for n in failed},
+                        }
+                sent_now = False
+                for name in targets:
+                    if name not in states:
+                        missing.append(
+                            {
+                                "conversion_id": r.id,
+                                "destination": name,
+                                "status": ConversionDelivery.PENDING,
+                                "attempts": 0,
+                                "next_attempt_at": now,
+                                "updated_at": now,
+                            }
+                        )
+                        states = {**states, name: (ConversionDelivery.PENDING, now)}
+                    status, at = states[name]
+                    if status == ConversionDelivery.PENDING and at <= now:
+                        due.setdefault(name, []).append(r)
+                        sent_now = True
+                if not sent_now:
+                    idle.append(r.id)
+            if missing:
+                session.execute(insert(ConversionDelivery), missing)
+            if again:
+                session.execute(
+                    update(ConversionDelivery)
+                    .where(
+                        _delivery_in(again, self.db.dialect),
+                        ConversionDelivery.status == ConversionDelivery.FAILED,
+                    )
+                    .values(status=ConversionDelivery.PENDING, next_attempt_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            if idle:
+                self._sync_conversions(session, idle, {})
+        return due
+
+    def _finalize_at(
+        self, at: str, rows: Sequence[Row], values: dict[str, Any], outcome: str
+    ) -> int:
+        """``_finalize`` for one destination: its delivery rows still pending get the outcome,
+        and their conversions the state all their deliveries add up to, in one transaction."""
+        ids = [r.id for r in rows]
+        now = utcnow()
+        delivery: dict[str, Any] = {
+            name: value for name, value in values.items() if name in _DELIVERY_FIELDS
+        }
+        if "attempts" in delivery:
+            delivery["attempts"] = ConversionDelivery.attempts + 1
+        if values.get("status") == Conversion.SENT:
+            delivery.update(attempts=ConversionDelivery.attempts + 1, sent_at=now, last_error=None)
+        delivery["updated_at"] = now
+        rest = {name: value for name, value in values.items() if name not in _DELIVERY_FIELDS}
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(ConversionDelivery)
+                .where(
+                    _delivery_in(ids, self.db.dialect),
+                    ConversionDelivery.destination == at,
+                    ConversionDelivery.status == ConversionDelivery.PENDING,
+                )
+                .values(**delivery)
+                .execution_options(synchronize_session=False)
+            )
+            self._sync_conversions(session, ids, rest)
+        return _counted(_rowcount(result), outcome)
+
+    def _sync_conversions(
+        self, session: Session, ids: Sequence[int], values: dict[str, Any]
+    ) -> None:
+        """Give the conversions ``ids`` (still pending) the state of their deliveries, and
+        ``values``."""
+        now = utcnow()
+        found: dict[int, list[tuple[str, str, int, datetime, str | None]]] = {}
+        for cid, name, status, tries, at, error in session.execute(
+            select(
+                ConversionDelivery.conversion_id,
+                ConversionDelivery.destination,
+                ConversionDelivery.status,
+                ConversionDelivery.attempts,
+                ConversionDelivery.next_attempt_at,
+                ConversionDelivery.last_error,
+            ).where(_delivery_in(ids, self.db.dialect))
+        ):
+            found.setdefault(cid, []).append((name, status, tries, at, error))
+        groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+        for cid, deliveries in found.items():
+            state = {**values, **_conversion_values(deliveries, now)}
+            groups.setdefault(tuple(sorted(state.items())), []).append(cid)
+        for state_items, group in groups.items():
+            session.execute(
+                update(Conversion)
+                .where(_id_in(group, self.db.dialect), UNSETTLED)
+                .values(dict(state_items))
+                .execution_options(synchronize_session=False)
+            )
 
     def _more_batches(self, lease: AccountLease, turn_ends: float) -> bool:
         """Whether this account's turn may claim another batch."""
@@ -604,7 +858,7 @@ class Dispatcher:
                         flying = None
                         try:
                             future.result()
-                        except GraphError as err:
+                        except Refusal as err:
                             if not self._rejected(creds, sent_claim, sent_rows, err, stats):
                                 if queued is not None:  # the account paused: they wait too
                                     self._record_account_problem(queued[0], err, creds, stats)
@@ -628,7 +882,9 @@ class Dispatcher:
                         # The new record is queued before the last one's outcome is read: if
                         # that one failed, this one is still made (in ``finally``).
                         previous = recording
-                        recording = recorder.submit(self._record_accepted, answered, creds)
+                        recording = recorder.submit(
+                            self._record_accepted, sent_claim, answered, creds
+                        )
                         if previous is not None:
                             stats.sent += previous.result()
                     if more and self._more_batches(lease, turn_ends):
@@ -642,7 +898,7 @@ class Dispatcher:
             finally:
                 # Only after an exception is a request left here: record what Meta did with it.
                 if flying is not None:
-                    self._settle_after_failure(creds, flying[1], flying[2], stats)
+                    self._settle_after_failure(creds, *flying, stats)
                 if recording is not None:
                     stats.sent += self._recorded(recording)
 
@@ -658,6 +914,7 @@ class Dispatcher:
     def _settle_after_failure(
         self,
         creds: Credentials,
+        claimed: Claimed,
         rows: list[Row],
         future: Future[None],
         stats: DispatchStats,
@@ -670,7 +927,7 @@ class Dispatcher:
             log.exception("conversion.deliver.abandoned count=%s", len(rows))
             return
         try:
-            self._accepted(creds, rows, stats)
+            self._accepted(creds, claimed, rows, stats)
         except Exception:
             log.exception("conversion.record_failed count=%s; sent but still pending", len(rows))
 
@@ -678,13 +935,21 @@ class Dispatcher:
         """The account's credentials, or why its events must wait."""
         try:
             creds = registry.credentials(account, self.settings)
-        except ConfigError as exc:  # its stored token does not open with this secret key
-            return None, f"held: cannot read the access token of {account.waba_id}: {exc}"
-        if creds.token is None:
+        except ConfigError as exc:  # a stored secret does not open with this key, or bad events
+            return None, f"held: cannot read the settings of {account.waba_id}: {exc}"
+        if creds.token is None and creds.routing.uses_graph:
             return None, (
                 f"held: no access token for WhatsApp Business Account {account.waba_id}; run "
                 f"`waconv accounts set-token --waba-id {account.waba_id}` or set "
                 "WACONV_ACCESS_TOKEN"
+            )
+        if creds.routing.uses_gateway and not (creds.gateway_url and creds.gateway_key):
+            return None, (
+                f"held: WhatsApp Business Account {account.waba_id} sends to a Conversions API "
+                "Gateway but has no Gateway URL or access key; run `waconv accounts set "
+                f"--waba-id {account.waba_id} --destination {creds.routing.destination} "
+                "--gateway-url URL --gateway-key-stdin` or set WACONV_GATEWAY_URL and "
+                "WACONV_GATEWAY_ACCESS_KEY"
             )
         return creds, None
 
@@ -698,27 +963,17 @@ class Dispatcher:
     def _provision(self, creds: Credentials) -> Credentials:
         """A WABA without a dataset gets one once, automatically, when the token allows it."""
         waba_id = creds.waba_id
-        assert creds.token is not None
         try:
-            dataset_id = self.graph.create_dataset(waba_id, creds.token)
-        except GraphError as err:
+            provision_dataset(self.services, waba_id, graph=self.graph, retried=True)
+        except AccountError as exc:
             GRAPH_REQUESTS.labels(endpoint="dataset", outcome="error").inc()
-            log.error(
-                "account.provision_failed waba_id=%s reason=%s",
-                waba_id,
-                operator_message(err, waba_id=waba_id, action="create the dataset"),
-            )
+            log.error("account.provision_failed waba_id=%s reason=%s", waba_id, exc)
             return creds
         GRAPH_REQUESTS.labels(endpoint="dataset", outcome="ok").inc()
         with self.db.transaction() as session:
             account = registry.get_account(session, waba_id)
             if account is None:
                 return creds
-            if account.dataset_id is None:
-                account.dataset_id = dataset_id
-                log.info(
-                    "account.dataset_provisioned waba_id=%s dataset_id=%s", waba_id, dataset_id
-                )
             new, _ = self._credentials(account)
         return new or creds
 
@@ -760,7 +1015,7 @@ class Dispatcher:
         with self.db.autocommit_cursor(write=False) as cursor:
             cursor.execute(statement, parameters)
             rows = _claim_rows(cursor.fetchall())
-        return Claimed(lease, rows)
+        return Claimed(lease, rows, destination=self.destinations[GRAPH])
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -819,9 +1074,9 @@ class Dispatcher:
         stats.requests += 1
         try:
             self._post(creds, claimed, rows)
-        except GraphError as err:
+        except Refusal as err:
             return self._rejected(creds, claimed, rows, err, stats, probing=probing)
-        self._accepted(creds, rows, stats, probing=probing)
+        self._accepted(creds, claimed, rows, stats, probing=probing)
         return True
 
     def _sendable(self, claimed: Claimed, rows: Sequence[Row], stats: DispatchStats) -> list[Row]:
@@ -831,36 +1086,37 @@ class Dispatcher:
         limit = send_limit(utcnow())
         stale = [r for r in rows if r.event_time < limit]
         if stale:  # aged past the limit during a long split: Meta would reject the whole batch
-            stats.expired += self._record_expired(stale)
+            stats.expired += self._record_expired(claimed, stale)
             rows = [r for r in rows if r.event_time >= limit]
         return rows
 
     def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> None:
-        """The request alone: no database, no shared state. Raises GraphError unless Meta took
-        every event."""
-        assert creds.token is not None and creds.dataset_id is not None
-        self.graph.send_events(
-            creds.dataset_id,
-            creds.token,
-            [claimed.events[r.id] for r in rows],
-            partner_agent=creds.partner_agent,
-            test_event_code=self.settings.test_event_code or None,
-        )
+        """The request alone: no database, no shared state. Raises Refusal unless the
+        destination took every event."""
+        assert claimed.destination is not None
+        claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
 
-    def _record_accepted(self, rows: Sequence[Row], creds: Credentials) -> int:
-        """Meta took ``rows``: count the request and mark them sent; how many were."""
-        GRAPH_REQUESTS.labels(endpoint="events", outcome="ok").inc()
+    def _record_accepted(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
+        """The destination took ``rows``: count the request and mark them sent; how many
+        were."""
+        GRAPH_REQUESTS.labels(endpoint=_endpoint(claimed), outcome="ok").inc()
+        if claimed.at is not None:
+            values = {"status": Conversion.SENT, "dataset_id": creds.dataset_id}
+            count = self._finalize(rows, values, "sent", at=claimed.at)
+            log.info("conversion.sent count=%s destination=%s", count, claimed.at)
+            return count
         return self._record_sent(rows, creds)
 
     def _accepted(
         self,
         creds: Credentials,
+        claimed: Claimed,
         rows: Sequence[Row],
         stats: DispatchStats,
         *,
         probing: bool = False,
     ) -> None:
-        stats.sent += self._record_accepted(rows, creds)
+        stats.sent += self._record_accepted(claimed, rows, creds)
         if probing:
             self._resume(creds.waba_id, "Meta accepted events again")
 
@@ -869,33 +1125,36 @@ class Dispatcher:
         creds: Credentials,
         claimed: Claimed,
         rows: Sequence[Row],
-        err: GraphError,
+        err: Refusal,
         stats: DispatchStats,
         *,
         probing: bool = False,
     ) -> bool:
-        """Deal with Meta's refusal of ``rows``; False when the account must stop."""
-        disposition = classify(err)
-        GRAPH_REQUESTS.labels(endpoint="events", outcome=disposition.name.lower()).inc()
+        """Deal with the destination's refusal of ``rows``; False when the account must
+        stop."""
+        disposition = err.disposition
+        GRAPH_REQUESTS.labels(endpoint=_endpoint(claimed), outcome=disposition.name.lower()).inc()
         if disposition is Disposition.INVALID and len(rows) > 1:
             middle = len(rows) // 2
             log.info(
                 "conversion.batch_rejected size=%s splitting; meta=%s",
                 len(rows),
-                err.code_label,
+                err.code_label or "-",
             )
             if not self._deliver(creds, claimed, rows[:middle], stats):
                 return False
             return self._deliver(creds, claimed, rows[middle:], stats)
-        if disposition is Disposition.INVALID:
-            stats.failed += self._record_failed(rows, err, creds)
-            if probing:  # Meta read the event: token and dataset are fine again
+        if disposition in (Disposition.INVALID, Disposition.REFUSED):
+            stats.failed += self._record_failed(claimed, rows, err)
+            if (
+                probing and disposition is Disposition.INVALID
+            ):  # Meta read the event: token and dataset are fine again
                 self._resume(creds.waba_id, "Meta accepted the token again")
         elif disposition is Disposition.ACCOUNT:
             self._record_account_problem(claimed, err, creds, stats)
             return False
         else:
-            retried, expired = self._record_retry(rows, err, creds)
+            retried, expired = self._record_retry(claimed, rows, err)
             stats.retried += retried
             stats.expired += expired
             if probing:  # no verdict on the account: ask again later, not event by event
@@ -930,10 +1189,14 @@ class Dispatcher:
             lease.until = until
         return list(rows)
 
-    def _finalize(self, rows: Sequence[Row], values: dict[str, Any], outcome: str) -> int:
+    def _finalize(
+        self, rows: Sequence[Row], values: dict[str, Any], outcome: str, *, at: str | None = None
+    ) -> int:
         """Set ``values`` on the ``rows`` still pending; how many that was, counted under
         ``outcome`` (an outcome another dispatcher recorded first stands, and is not counted
-        again)."""
+        again). With ``at``, the outcome is that destination's (see _finalize_at)."""
+        if at is not None:
+            return self._finalize_at(at, rows, values, outcome)
         with self.db.transaction() as session:
             result = session.execute(
                 update(Conversion)
@@ -970,41 +1233,26 @@ class Dispatcher:
             if account is not None and account.status == Account.PAUSED:
                 account.probe_at = utcnow() + PAUSED_PROBE_INTERVAL
 
-    def _record_expired(self, rows: Sequence[Row]) -> int:
+    def _record_expired(self, claimed: Claimed, rows: Sequence[Row]) -> int:
         reason = (
             "expired: reached Meta's 7-day limit on event_time while its batch was being sent "
             "(see the previous error in the logs)"
         )
         count = self._finalize(
-            rows, {"status": Conversion.EXPIRED, "last_error": reason}, "expired"
+            rows, {"status": Conversion.EXPIRED, "last_error": reason}, "expired", at=claimed.at
         )
         if count:
             log.warning("conversion.expired count=%s reason=7-day limit", count)
         return count
 
-    def _error_values(self, err: GraphError, sentence: str) -> dict[str, Any]:
-        return {
-            "last_error": sentence,
-            "last_error_code": err.code,
-            "last_error_subcode": err.subcode,
-            "last_error_title": err.user_title or err.type,
-            "last_error_message": err.user_msg or err.message,
-            "last_error_fbtrace_id": err.fbtrace_id,
-        }
-
-    def _record_failed(
-        self,
-        rows: Sequence[Row],
-        err: GraphError,
-        creds: Credentials,
-    ) -> int:
-        sentence = operator_message(err, waba_id=creds.waba_id)
+    def _record_failed(self, claimed: Claimed, rows: Sequence[Row], err: Refusal) -> int:
+        sentence = err.sentence
         values = {
             "status": Conversion.FAILED,
             "attempts": Conversion.attempts + 1,
-            **self._error_values(err, sentence),
+            **err.error_values(sentence),
         }
-        count = self._finalize(rows, values, "failed")
+        count = self._finalize(rows, values, "failed", at=claimed.at)
         if count:
             log.error(
                 "conversion.failed event_ids=%s reason=%s",
@@ -1013,15 +1261,10 @@ class Dispatcher:
             )
         return count
 
-    def _record_retry(
-        self,
-        rows: Sequence[Row],
-        err: GraphError,
-        creds: Credentials,
-    ) -> tuple[int, int]:
+    def _record_retry(self, claimed: Claimed, rows: Sequence[Row], err: Refusal) -> tuple[int, int]:
         """Back off each event; one whose next try would cross the 7-day limit expires now."""
         now = utcnow()
-        sentence = operator_message(err, waba_id=creds.waba_id)
+        sentence = err.sentence
         base = self.settings.retry_base_seconds
         retried = expired = 0
         # Rows of one batch share their attempt count in practice: one update per count.
@@ -1038,9 +1281,9 @@ class Dispatcher:
                 values = {
                     "attempts": Conversion.attempts + 1,
                     "next_attempt_at": next_at,
-                    **self._error_values(err, f"will retry: {sentence}"),
+                    **err.error_values(f"will retry: {sentence}"),
                 }
-                retried += self._finalize(keep, values, "retry")
+                retried += self._finalize(keep, values, "retry", at=claimed.at)
             if late:
                 reason = (
                     "expired: Meta's 7-day limit on event_time would pass before the next "
@@ -1049,9 +1292,9 @@ class Dispatcher:
                 values = {
                     "status": Conversion.EXPIRED,
                     "attempts": Conversion.attempts + 1,
-                    **self._error_values(err, reason),
+                    **err.error_values(reason),
                 }
-                expired += self._finalize(late, values, "expired")
+                expired += self._finalize(late, values, "expired", at=claimed.at)
         log.warning(
             "conversion.deliver.retry count=%s expired=%s reason=%s", retried, expired, sentence
         )
@@ -1060,24 +1303,23 @@ class Dispatcher:
     def _record_account_problem(
         self,
         claimed: Claimed,
-        err: GraphError,
+        err: Refusal,
         creds: Credentials,
         stats: DispatchStats,
     ) -> None:
         """Pause the account; the claim's events wait, their attempt not counted (the events
         were never at fault)."""
-        sentence = operator_message(err, waba_id=creds.waba_id)
+        sentence = err.sentence
         with self.db.transaction() as session:
             account = registry.get_account(session, creds.waba_id)
-            code = err.code_label if err.code is not None else None
-            if account is not None and registry.pause(account, sentence, code=code):
+            if account is not None and registry.pause(account, sentence, code=err.code_label):
                 stats.paused_accounts.append(creds.waba_id)
             released = session.execute(
                 update(Conversion)
                 .where(_id_in(claimed.ids, self.db.dialect), UNSETTLED)
                 .values(
                     next_attempt_at=utcnow(),
-                    **self._error_values(err, f"held: account paused: {sentence}"),
+                    **err.error_values(f"held: account paused: {sentence}"),
                 )
                 .execution_options(synchronize_session=False)
             )
