@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from waconv.clock import from_unix, isoformat, utcnow
 from waconv.conversations import store
-from waconv.conversions.dispatcher import SEND_MARGIN
 from waconv.conversions.events import (
     MAX_EVENT_AGE,
     InvalidConversion,
@@ -33,6 +32,7 @@ from waconv.conversions.events import (
     validate_event_time,
 )
 from waconv.conversions.outbox import enqueue
+from waconv.conversions.schedule import SEND_MARGIN
 from waconv.errors import APIError
 from waconv.models import Conversation, Conversion
 

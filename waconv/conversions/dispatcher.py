@@ -37,12 +37,16 @@ the ones that aged meanwhile, and a periodic sweep marks them ``expired`` (in ac
 dispatcher holds; one held at a dispatcher's sweep is swept by that dispatcher when it next
 holds it). A dispatcher whose lease ran out (stalled in a long split) sends nothing
 more of that account: another dispatcher owns its events now.
+
+Where events go is a destination's business (waconv.conversions.destinations); an account
+with a Conversions API Gateway has its outcomes recorded per destination (conversion_deliveries)
+and takes the unpipelined ``_routed_turn``. The SQL lives in waconv.conversions.queue, the
+retry schedule in waconv.conversions.schedule.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import threading
 import time
@@ -50,25 +54,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-import orjson
-from sqlalchemy import (
-    BigInteger,
-    Text,
-    and_,
-    any_,
-    bindparam,
-    case,
-    cast,
-    exists,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import exists, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from waconv.accounts import registry
@@ -76,6 +64,7 @@ from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
 from waconv.accounts.service import AccountError, provision_dataset
 from waconv.clock import utcnow
 from waconv.config import LEASE_SLACK_SECONDS, ConfigError
+from waconv.conversions import queue
 from waconv.conversions.destinations import (
     GATEWAY,
     GRAPH,
@@ -85,13 +74,25 @@ from waconv.conversions.destinations import (
     Refusal,
     Routing,
 )
-from waconv.conversions.events import MAX_EVENT_AGE, build_meta_event
-from waconv.db import from_driver_time, time_binder
+from waconv.conversions.events import build_meta_event
+from waconv.conversions.queue import (
+    STALE_REASON,
+    UNSETTLED,
+    Row,
+    delivery_in,
+    id_in,
+    is_due,
+    lease_free,
+    rowcount,
+)
+from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition
 from waconv.metrics import CONVERSION_EVENTS, GRAPH_REQUESTS
 from waconv.models import Account, Conversion, ConversionDelivery
 from waconv.services import Services
+
+__all__ = ["MAX_BACKOFF", "SEND_MARGIN", "Claimed", "DispatchStats", "Dispatcher", "backoff"]
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,9 @@ LEASE = timedelta(seconds=60)
 # Before each request the lease must outlast the request timeout by this much, else it is
 # extended first (a long split makes many requests under one claim).
 LEASE_SLACK = timedelta(seconds=LEASE_SLACK_SECONDS)
-MAX_BACKOFF = timedelta(minutes=15)
 # A WABA whose dataset could not be created automatically is tried again this often (a
 # transient Graph failure must not hold its events until an operator steps in).
 PROVISION_RETRY = timedelta(hours=1)
-JITTER = 0.2  # ±20 % so that retries of many events do not arrive in lock-step
-# An event is not sent when it would reach Meta this close to the 7-day limit.
-SEND_MARGIN = timedelta(minutes=1)
 # Events of an account that cannot send (no token, no dataset) are looked at again after this.
 HOLD_DELAY = timedelta(seconds=60)
 IDLE_POLL_SECONDS = 1.0  # the contract: idle, look for due events at least once a second
@@ -118,21 +115,6 @@ EXPIRE_SWEEP_SECONDS = 10.0
 # One account's turn of back-to-back batches within a step: then the other accounts get theirs,
 # and a stop request or a run's deadline is seen at least this often.
 ACCOUNT_TURN_SECONDS = 1.0
-
-
-def backoff(attempts: int, base_seconds: float) -> timedelta:
-    """Delay after the ``attempts``-th failed attempt: base * 2^(attempts-1), ±20 %, at most
-    15 min (1st failure: base, 2nd: 2 * base, ...)."""
-    # The exponent is bounded: 2**1024 would not fit a float, and 2**30 seconds is past any cap.
-    raw = base_seconds * (2 ** min(max(attempts - 1, 0), 30))
-    capped = min(raw, MAX_BACKOFF.total_seconds())
-    jittered = capped * random.uniform(1 - JITTER, 1 + JITTER)
-    return timedelta(seconds=min(jittered, MAX_BACKOFF.total_seconds()))
-
-
-def send_limit(now: datetime) -> datetime:
-    """Events whose event_time is before this are too old to send now (7 days - margin)."""
-    return now - MAX_EVENT_AGE + SEND_MARGIN
 
 
 @dataclass
@@ -160,23 +142,6 @@ class DispatchStats:
     @property
     def moved(self) -> int:
         return self.sent + self.retried + self.failed + self.expired + self.held
-
-
-class Row(NamedTuple):
-    """A claimed event: what sending it needs (plain tuple: the hot path reads it often)."""
-
-    id: int
-    event_id: str
-    event_name: str
-    event_time: datetime
-    ctwa_clid: str
-    # As stored, JSON text wrapped for orjson to embed verbatim: decoding it only for the
-    # request to encode it again cost more than the rest of the event.
-    custom_data: orjson.Fragment | None
-    extra: dict[str, Any] | None
-    attempts: int  # before this attempt
-    # next_attempt_at as the driver returned it: where the turn's next claim starts.
-    due: Any
 
 
 @dataclass
@@ -221,157 +186,6 @@ class Claimed:
         if not self.rows:
             return None
         return self.rows[-1].due, self.rows[-1].id
-
-
-# The claim's SELECT, given to the driver as written: it runs for every 1,000 events, and
-# SQLAlchemy's result types (datetimes parsed from SQLite's text, JSON) cost 10 of its 15 ms
-# CPU per 1,000 rows on SQLite; the query itself takes 1.5 ms. Rows come in the order of the
-# partial index ix_conversions_account_due; within a turn, each claim starts after the
-# previous one's last row (``Claimed.last``).
-_CLAIM_SQL = (
-    "SELECT id, event_id, event_name, event_time, ctwa_clid, CAST(custom_data AS TEXT),"
-    " CAST(extra AS TEXT), attempts, next_attempt_at FROM conversions"
-    " WHERE waba_id = {waba_id} AND status = 'pending' AND next_attempt_at <= {now}"
-    " AND event_time >= {oldest}{after} ORDER BY next_attempt_at, id LIMIT {limit}"
-)
-_CLAIM_AFTER = " AND (next_attempt_at, id) > ({after_due}, {after_id})"
-
-# "Still pending" where a batch's outcome is recorded, written so that PostgreSQL's planner
-# cannot answer it from the partial due indexes: before a new table's first ANALYZE it did,
-# testing every pending event against the batch's 1,000 ids (108 ms a batch instead of 14).
-_SETTLED = tuple(status for status in Conversion.STATUSES if status != Conversion.PENDING)
-UNSETTLED = Conversion.status.not_in(_SETTLED)
-
-# What _finalize does for the sent outcome (see _record_sent).
-_SENT_SQL = (
-    "UPDATE conversions SET status = 'sent', attempts = attempts + 1, sent_at = {now},"
-    " updated_at = {now}, dataset_id = {dataset_id}, last_error = NULL"
-    " WHERE id {id_in} AND status NOT IN ({settled})"
-)
-# ``id IN`` the batch, given as one text parameter by _id_list (_id_in says it for Core).
-_ID_IN_SQL = {
-    "sqlite": "IN (SELECT value FROM json_each({ids}))",
-    "postgresql": "= ANY(CAST({ids} AS bigint[]))",
-}
-_PARAMETER_MARKS = {"sqlite": ":{}", "postgresql": "%({})s"}
-
-
-class _Parameters(dict[str, str]):
-    """For ``str.format_map``: each ``{name}`` not given becomes the driver's named parameter
-    ``name`` (``:name`` for sqlite3, ``%(name)s`` for psycopg)."""
-
-    def __init__(self, dialect: str) -> None:
-        super().__init__()
-        self.mark = _PARAMETER_MARKS[dialect]
-
-    def __missing__(self, name: str) -> str:
-        return self.mark.format(name)
-
-
-def _driver_sql(template: str, dialect: str, **fragments: str) -> str:
-    """``template`` as the driver of ``dialect`` takes it, each fragment (a template too) in
-    its place."""
-    parameters = _Parameters(dialect)
-    parameters.update({name: text.format_map(parameters) for name, text in fragments.items()})
-    return template.format_map(parameters)
-
-
-_CLAIM_STATEMENTS = {
-    (dialect, after): _driver_sql(_CLAIM_SQL, dialect, after=_CLAIM_AFTER if after else "")
-    for dialect in _PARAMETER_MARKS
-    for after in (False, True)
-}
-_SENT_STATEMENTS = {
-    dialect: _driver_sql(
-        _SENT_SQL,
-        dialect,
-        id_in=_ID_IN_SQL[dialect],
-        settled=", ".join(f"'{status}'" for status in _SETTLED),
-    )
-    for dialect in _PARAMETER_MARKS
-}
-
-
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None or text == "null" else orjson.loads(text)
-
-
-def _fragment_or_none(text: str | None) -> orjson.Fragment | None:
-    return None if text is None or text in ("null", "{}") else orjson.Fragment(text)
-
-
-def _claim_rows(result: list[tuple[Any, ...]]) -> list[Row]:
-    return [
-        Row(
-            i,
-            eid,
-            name,
-            from_driver_time(when),
-            clid,
-            _fragment_or_none(custom),
-            _json_or_none(extra),
-            tries,
-            due,
-        )
-        for i, eid, name, when, clid, custom, extra, tries, due in result
-    ]
-
-
-# Why the sweep expired an event: one Meta answered had failed before; one never tried was
-# queued, held or backed off until the limit (or queued within a minute of it).
-_STALE_REASON = case(
-    (
-        Conversion.attempts > 0,
-        "expired: not delivered before Meta's 7-day limit on event_time (see the previous "
-        "error in the logs and metrics)",
-    ),
-    else_=(
-        "expired: never sent: Meta's 7-day limit on event_time (less a minute for sending) "
-        "passed while it waited (queued too close to the limit, or its account held or paused)"
-    ),
-)
-
-
-def _due(now: datetime) -> Any:
-    # ``status = 'pending'``, as the partial due indexes say it: SQLite's planner uses them
-    # only for a query that repeats their condition (an IN list would not do).
-    return and_(Conversion.status == Conversion.PENDING, Conversion.next_attempt_at <= now)
-
-
-def _lease_free(now: datetime) -> Any:
-    """Accounts no dispatcher holds now."""
-    return or_(Account.dispatch_token.is_(None), Account.dispatch_leased_until < now)
-
-
-def _id_list(ids: Sequence[int], dialect: str) -> str:
-    """A batch's ids as one text parameter: a JSON array for SQLite's json_each, an array
-    literal for PostgreSQL. One parameter instead of 1,000 parses and plans faster, and
-    written here it costs less than the driver's dumping of a list (psycopg's: 7 ms a batch,
-    profiled)."""
-    if dialect == "postgresql":
-        return "{" + ",".join(map(str, ids)) + "}"
-    return orjson.dumps(list(ids)).decode()
-
-
-def _id_in(ids: Sequence[int], dialect: str) -> Any:
-    """``id IN (the batch)``, with ``_id_list``."""
-    listed = bindparam(None, _id_list(ids, dialect), type_=Text)
-    if dialect == "postgresql":
-        return Conversion.id == any_(cast(listed, ARRAY(BigInteger)))
-    return Conversion.id.in_(select(func.json_each(listed).table_valued("value").c.value))
-
-
-def _delivery_in(ids: Sequence[int], dialect: str) -> Any:
-    """``conversion_id IN (ids)`` of conversion_deliveries, with ``_id_list``."""
-    listed = bindparam(None, _id_list(ids, dialect), type_=Text)
-    column = ConversionDelivery.conversion_id
-    if dialect == "postgresql":
-        return column == any_(cast(listed, ARRAY(BigInteger)))
-    return column.in_(select(func.json_each(listed).table_valued("value").c.value))
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _endpoint(claimed: Claimed) -> str:
@@ -511,7 +325,7 @@ class Dispatcher:
         which: Any
         with self.db.transaction() as session:
             if lease is None:
-                held = list(session.scalars(select(Account.waba_id).where(~_lease_free(now))))
+                held = list(session.scalars(select(Account.waba_id).where(~lease_free(now))))
                 self._unswept.update(held)
                 which = Conversion.waba_id.not_in(held)
             else:
@@ -524,10 +338,10 @@ class Dispatcher:
                     Conversion.event_time < send_limit(now),
                     which,
                 )
-                .values(status=Conversion.EXPIRED, last_error=_STALE_REASON)
+                .values(status=Conversion.EXPIRED, last_error=STALE_REASON)
                 .execution_options(synchronize_session=False)
             )
-        expired = _counted(_rowcount(result), "expired")
+        expired = _counted(rowcount(result), "expired")
         if expired:
             log.warning("conversion.expired count=%s reason=7-day limit", expired)
         return expired
@@ -535,14 +349,14 @@ class Dispatcher:
     def _accounts_with_due_events(self) -> list[str]:
         # EXISTS per account: an index probe each, not a scan of every due event.
         now = utcnow()
-        pending = exists().where(Conversion.waba_id == Account.waba_id, _due(now))
+        pending = exists().where(Conversion.waba_id == Account.waba_id, is_due(now))
         with self.db.transaction() as session:
             return list(
                 session.scalars(
                     select(Account.waba_id)
                     .where(
                         or_(Account.status == Account.ACTIVE, Account.probe_at <= now),
-                        _lease_free(now),
+                        lease_free(now),
                         pending,
                     )
                     .order_by(Account.waba_id)
@@ -568,11 +382,11 @@ class Dispatcher:
         until = now + self.lease
         result = session.execute(
             update(Account)
-            .where(Account.waba_id == waba_id, _lease_free(now))
+            .where(Account.waba_id == waba_id, lease_free(now))
             .values(dispatch_token=token, dispatch_leased_until=until)
             .execution_options(synchronize_session=False)
         )
-        return AccountLease(waba_id, token, until) if _rowcount(result) else None
+        return AccountLease(waba_id, token, until) if rowcount(result) else None
 
     def _give_back(self, lease: AccountLease) -> None:
         """End of the turn: the account is free for any dispatcher (best effort: if this
@@ -591,7 +405,7 @@ class Dispatcher:
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-        return _rowcount(result) > 0
+        return rowcount(result) > 0
 
     def _account_turn(self, lease: AccountLease, stats: DispatchStats) -> None:
         waba_id = lease.waba_id
@@ -700,7 +514,7 @@ class Dispatcher:
                     ConversionDelivery.destination,
                     ConversionDelivery.status,
                     ConversionDelivery.next_attempt_at,
-                ).where(_delivery_in(ids, self.db.dialect))
+                ).where(delivery_in(ids, self.db.dialect))
             ):
                 known.setdefault(cid, {})[name] = (status, at)
             missing: list[dict[str, Any]] = []
@@ -742,7 +556,7 @@ class Dispatcher:
                 session.execute(
                     update(ConversionDelivery)
                     .where(
-                        _delivery_in(again, self.db.dialect),
+                        delivery_in(again, self.db.dialect),
                         ConversionDelivery.status == ConversionDelivery.FAILED,
                     )
                     .values(status=ConversionDelivery.PENDING, next_attempt_at=now)
@@ -772,7 +586,7 @@ class Dispatcher:
             result = session.execute(
                 update(ConversionDelivery)
                 .where(
-                    _delivery_in(ids, self.db.dialect),
+                    delivery_in(ids, self.db.dialect),
                     ConversionDelivery.destination == at,
                     ConversionDelivery.status == ConversionDelivery.PENDING,
                 )
@@ -780,7 +594,7 @@ class Dispatcher:
                 .execution_options(synchronize_session=False)
             )
             self._sync_conversions(session, ids, rest)
-        return _counted(_rowcount(result), outcome)
+        return _counted(rowcount(result), outcome)
 
     def _sync_conversions(
         self, session: Session, ids: Sequence[int], values: dict[str, Any]
@@ -797,7 +611,7 @@ class Dispatcher:
                 ConversionDelivery.attempts,
                 ConversionDelivery.next_attempt_at,
                 ConversionDelivery.last_error,
-            ).where(_delivery_in(ids, self.db.dialect))
+            ).where(delivery_in(ids, self.db.dialect))
         ):
             found.setdefault(cid, []).append((name, status, tries, at, error))
         groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
@@ -807,7 +621,7 @@ class Dispatcher:
         for state_items, group in groups.items():
             session.execute(
                 update(Conversion)
-                .where(_id_in(group, self.db.dialect), UNSETTLED)
+                .where(id_in(group, self.db.dialect), UNSETTLED)
                 .values(dict(state_items))
                 .execution_options(synchronize_session=False)
             )
@@ -981,11 +795,11 @@ class Dispatcher:
         now = utcnow()
         result = session.execute(
             update(Conversion)
-            .where(Conversion.waba_id == waba_id, _due(now))
+            .where(Conversion.waba_id == waba_id, is_due(now))
             .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
             .execution_options(synchronize_session=False)
         )
-        held = _counted(_rowcount(result), "held")
+        held = _counted(rowcount(result), "held")
         if held:
             log.warning("conversion.held waba_id=%s count=%s reason=%s", waba_id, held, reason)
         return held
@@ -1002,19 +816,9 @@ class Dispatcher:
         to send are left to the expiry sweep. A read, not a write: the account's lease keeps
         other dispatchers away from these events."""
         now = utcnow()
-        bind = time_binder(self.db.engine.dialect)
-        parameters: dict[str, Any] = {
-            "waba_id": lease.waba_id,
-            "now": bind(now),
-            "oldest": bind(send_limit(now)),
-            "limit": limit,
-        }
-        if after is not None:
-            parameters["after_due"], parameters["after_id"] = after
-        statement = _CLAIM_STATEMENTS[self.db.dialect, after is not None]
-        with self.db.autocommit_cursor(write=False) as cursor:
-            cursor.execute(statement, parameters)
-            rows = _claim_rows(cursor.fetchall())
+        rows = queue.claim(
+            self.db, lease.waba_id, limit, now=now, oldest=send_limit(now), after=after
+        )
         return Claimed(lease, rows, destination=self.destinations[GRAPH])
 
     # -- sending ----------------------------------------------------------------------------------
@@ -1200,23 +1004,16 @@ class Dispatcher:
         with self.db.transaction() as session:
             result = session.execute(
                 update(Conversion)
-                .where(_id_in([r.id for r in rows], self.db.dialect), UNSETTLED)
+                .where(id_in([r.id for r in rows], self.db.dialect), UNSETTLED)
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-        return _counted(_rowcount(result), outcome)
+        return _counted(rowcount(result), outcome)
 
     def _record_sent(self, rows: Sequence[Row], creds: Credentials) -> int:
         """``_finalize`` with the sent outcome, in the driver's SQL: the one write of every
         1,000 events."""
-        parameters = {
-            "now": time_binder(self.db.engine.dialect)(utcnow()),
-            "dataset_id": creds.dataset_id,
-            "ids": _id_list([r.id for r in rows], self.db.dialect),
-        }
-        with self.db.autocommit_cursor() as cursor:
-            cursor.execute(_SENT_STATEMENTS[self.db.dialect], parameters)
-            updated = max(int(cursor.rowcount), 0)
+        updated = queue.mark_sent(self.db, [r.id for r in rows], creds.dataset_id, utcnow())
         count = _counted(updated, "sent")  # with the writers' turn given back
         log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
         return count
@@ -1316,11 +1113,11 @@ class Dispatcher:
                 stats.paused_accounts.append(creds.waba_id)
             released = session.execute(
                 update(Conversion)
-                .where(_id_in(claimed.ids, self.db.dialect), UNSETTLED)
+                .where(id_in(claimed.ids, self.db.dialect), UNSETTLED)
                 .values(
                     next_attempt_at=utcnow(),
                     **err.error_values(f"held: account paused: {sentence}"),
                 )
                 .execution_options(synchronize_session=False)
             )
-        stats.held += _counted(_rowcount(released), "held")
+        stats.held += _counted(rowcount(released), "held")
