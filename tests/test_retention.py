@@ -20,13 +20,17 @@ from sqlalchemy import func, inspect, select
 from tests import payloads as p
 from tests.conftest import encode, signed_headers
 from waconv.cli import main
+from waconv.clock import utcnow
 from waconv.conversations import store
+from waconv.conversions.requestlog import RequestRecord, record_request
 from waconv.models import (
     Account,
     AutomaticEvent,
     Click,
     Conversation,
     Conversion,
+    DispatchRequest,
+    DispatchRequestConversion,
     Message,
     MessageStatus,
     WebhookDelivery,
@@ -50,6 +54,7 @@ event = "LeadSubmitted"
 
 # What the old deliveries leave to prune; the young ones leave as much, untouched.
 OLD_BODIES, OLD_MESSAGES, OLD_STATUSES, OLD_NOTICES = 3, 2, 2, 1
+OLD_REQUESTS = 1  # a request to Meta that carried the old conversion
 
 
 @pytest.fixture
@@ -127,6 +132,23 @@ def snapshot(services: Services, *models: Any) -> dict[str, list[dict[str, Any]]
     return out
 
 
+def record_a_request(services: Services) -> int:
+    """A request to Meta now, carrying every conversion so far."""
+    with services.db.transaction() as session:
+        ids = list(session.scalars(select(Conversion.id)))
+        record = RequestRecord(
+            at=utcnow(),
+            waba_id="102290129340398",
+            destination="graph",
+            events=len(ids),
+            bytes=300 * len(ids),
+            duration_ms=40,
+            http_status=200,
+            events_received=len(ids),
+        )
+        return record_request(session, record, ids)
+
+
 def count(services: Services, model: Any, *where: Any) -> int:
     with services.db.transaction() as session:
         return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
@@ -153,9 +175,11 @@ def history(
     client = app.test_client()
     old = deliver(client, "old", START - timedelta(hours=1))
     failed = failing_delivery(client, monkeypatch, int(START.timestamp()) - 60)
+    record_a_request(services)
     frozen.move_to(START + YOUNG_AGE)
     young_since = START + YOUNG_AGE
     young = deliver(client, "young", young_since - timedelta(hours=1))
+    young_request = record_a_request(services)
     frozen.move_to(PRUNE_AT)
     assert count(services, Conversion) == 2  # one per conversation: "what is the price?"
     assert count(services, MessageStatus) == 2 * OLD_STATUSES
@@ -166,9 +190,15 @@ def history(
         "failed": failed,
         "young": young,
         "young_since": young_since,
+        "young_request": young_request,
         "kept": snapshot(services, *KEPT),
         "young_rows": young_rows(services, young_since),
     }
+
+
+def snapshot_requests(services: Services) -> list[DispatchRequest]:
+    with services.db.transaction() as session:
+        return list(session.scalars(select(DispatchRequest).order_by(DispatchRequest.id)))
 
 
 def assert_pruned(services: Services, history: dict[str, Any]) -> None:
@@ -196,6 +226,9 @@ def assert_pruned(services: Services, history: dict[str, Any]) -> None:
     assert count(services, MessageStatus) == OLD_STATUSES
     assert count(services, WebhookNotice) == OLD_NOTICES
 
+    # The old request and its link go; the young one keeps its links, to both conversions.
+    assert [r.id for r in snapshot_requests(services)] == [history["young_request"]]
+    assert count(services, DispatchRequestConversion) == 2
     assert snapshot(services, *KEPT) == history["kept"]
     assert young_rows(services, history["young_since"]) == history["young_rows"]
 
@@ -206,7 +239,11 @@ def test_prune_forgets_old_bodies_texts_statuses_and_notices(
     stats = prune(services, days=DAYS)
 
     assert stats == PruneStats(
-        deliveries=OLD_BODIES, messages=OLD_MESSAGES, statuses=OLD_STATUSES, notices=OLD_NOTICES
+        deliveries=OLD_BODIES,
+        messages=OLD_MESSAGES,
+        statuses=OLD_STATUSES,
+        notices=OLD_NOTICES,
+        requests=OLD_REQUESTS,
     )
     assert_pruned(services, history)
     # A second run finds nothing left to do, and changes nothing.
@@ -236,6 +273,7 @@ def test_a_longer_retention_keeps_everything(services: Services, history: dict[s
     before = snapshot(services, WebhookDelivery, Message, MessageStatus, WebhookNotice)
 
     assert prune(services, days=DAYS + 1) == PruneStats()
+    assert len(snapshot_requests(services)) == 2
 
     assert snapshot(services, WebhookDelivery, Message, MessageStatus, WebhookNotice) == before
 
@@ -277,7 +315,8 @@ def test_waconv_prune_uses_the_configured_retention(
     longer = runner.invoke(main, ["prune"], env={**cli_env, "WACONV_RETENTION_DAYS": "45"})
     assert longer.exit_code == 0, longer.output
     assert (
-        longer.stdout.strip() == "pruned 0 delivery bodies, 0 message texts, 0 statuses, 0 notices"
+        longer.stdout.strip()
+        == "pruned 0 delivery bodies, 0 message texts, 0 statuses, 0 notices, 0 requests"
     )
 
     result = runner.invoke(main, ["prune"], env=cli_env)  # default: 30 days
@@ -285,7 +324,7 @@ def test_waconv_prune_uses_the_configured_retention(
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == (
         f"pruned {OLD_BODIES} delivery bodies, {OLD_MESSAGES} message texts, "
-        f"{OLD_STATUSES} statuses, {OLD_NOTICES} notices"
+        f"{OLD_STATUSES} statuses, {OLD_NOTICES} notices, {OLD_REQUESTS} requests"
     )
     assert_pruned(services, history)
 

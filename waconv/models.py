@@ -251,7 +251,8 @@ class Conversion(Base):
     SENT = "sent"
     FAILED = "failed"
     EXPIRED = "expired"
-    STATUSES = (PENDING, SENT, FAILED, EXPIRED)
+    CANCELED = "canceled"  # by an operator; never sent, never pending again
+    STATUSES = (PENDING, SENT, FAILED, EXPIRED, CANCELED)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # Deterministic: the same conversion always yields the same id, so a double enqueue
@@ -309,3 +310,45 @@ class ConversionDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class DispatchRequest(Base):
+    """One HTTP request that carried events to a destination, and what came back."""
+
+    __tablename__ = "dispatch_requests"
+
+    GRAPH = "graph"
+    GATEWAY = "gateway"
+    DESTINATIONS = (GRAPH, GATEWAY)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # When the request was sent; pruned by it (waconv prune).
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    waba_id: Mapped[str] = mapped_column(String(META_ID))
+    destination: Mapped[str] = mapped_column(String(16))
+    events: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(Integer)
+    http_status: Mapped[int | None] = mapped_column(Integer)  # None: no answer (network, timeout)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    events_received: Mapped[int | None] = mapped_column(Integer)
+    fbtrace_id: Mapped[str | None] = mapped_column(String(128))
+    messages: Mapped[list[Any] | None] = mapped_column(JsonDoc)
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_subcode: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class DispatchRequestConversion(Base):
+    """Which conversions a request carried (up to 1,000 rows per request).
+
+    No foreign keys: PostgreSQL checks them row by row, which tripled the cost of a request's
+    links (bench/requestlog.py). Only record_request writes here, with the request it just
+    inserted and the conversions it sent; conversions are never deleted, and prune deletes a
+    request's links with it.
+    """
+
+    __tablename__ = "dispatch_request_conversions"
+
+    request_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Read by conversion: a conversion's requests, newest first.
+    conversion_id: Mapped[int] = mapped_column(BigId, primary_key=True, index=True)

@@ -3,28 +3,38 @@
 Kept: the delivery rows (their body hash keeps redeliveries harmless), message rows (their
 wamid does the same) with type and time, clicks, conversations and every conversion: what
 attribution and audits need. Removed: raw bodies, message texts and payloads, and status and
-notice rows, which carry phone numbers and message content. Deliveries whose processing failed
-keep their body until replayed.
+notice rows, which carry phone numbers and message content, and the request log (requests
+to Meta and their links to conversions), which only audits need. Deliveries whose processing
+failed keep their body until replayed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, null, select, update
+from sqlalchemy import Executable, Select, delete, null, select, update
 
 from waconv.clock import utcnow
-from waconv.models import Message, MessageStatus, WebhookDelivery, WebhookNotice
+from waconv.models import (
+    DispatchRequest,
+    DispatchRequestConversion,
+    Message,
+    MessageStatus,
+    WebhookDelivery,
+    WebhookNotice,
+)
 from waconv.services import Services
 
 log = logging.getLogger(__name__)
 
 # Rows changed per transaction: keeps locks short on a busy production database.
 CHUNK = 5000
+# Requests per transaction: each carries up to 1,000 events, i.e. up to 1,000 link rows.
+REQUEST_CHUNK = 50
 
 
 @dataclass
@@ -33,6 +43,7 @@ class PruneStats:
     messages: int = 0
     statuses: int = 0
     notices: int = 0
+    requests: int = 0
 
 
 def prune(services: Services, *, days: int) -> PruneStats:
@@ -42,20 +53,29 @@ def prune(services: Services, *, days: int) -> PruneStats:
     stats = PruneStats()
     db = services.db
 
-    def chunked(id_query: Select[Any], apply: Callable[[list[int]], Any]) -> int:
+    def chunked(
+        id_query: Select[Any],
+        apply: Callable[[list[int]], Any],
+        chunk: int = CHUNK,
+    ) -> int:
         # One pass in id order (keyset): it ends even if a change left a row still matching.
+        # ``apply`` gives a statement, or several to run in order in the same transaction.
         total, last = 0, 0
         id_column = id_query.selected_columns[0]
         while True:
             with db.transaction() as session:
                 ids = list(
                     session.scalars(
-                        id_query.where(id_column > last).order_by(id_column).limit(CHUNK)
+                        id_query.where(id_column > last).order_by(id_column).limit(chunk)
                     )
                 )
                 if not ids:
                     return total
-                session.execute(apply(ids).execution_options(synchronize_session=False))
+                statements = apply(ids)
+                if not isinstance(statements, Sequence):
+                    statements = [statements]
+                for statement in statements:
+                    session.execute(statement.execution_options(synchronize_session=False))
                 total += len(ids)
                 last = ids[-1]
 
@@ -87,12 +107,26 @@ def prune(services: Services, *, days: int) -> PruneStats:
         select(WebhookNotice.id).where(WebhookNotice.created_at < cutoff),
         lambda ids: delete(WebhookNotice).where(WebhookNotice.id.in_(ids)),
     )
+    stats.requests = chunked(
+        select(DispatchRequest.id).where(DispatchRequest.at < cutoff),
+        _delete_requests,
+        REQUEST_CHUNK,
+    )
     log.info(
-        "retention.pruned days=%s deliveries=%s messages=%s statuses=%s notices=%s",
+        "retention.pruned days=%s deliveries=%s messages=%s statuses=%s notices=%s requests=%s",
         days,
         stats.deliveries,
         stats.messages,
         stats.statuses,
         stats.notices,
+        stats.requests,
     )
     return stats
+
+
+def _delete_requests(ids: list[int]) -> list[Executable]:
+    """The requests and their links (first: they point at the requests)."""
+    return [
+        delete(DispatchRequestConversion).where(DispatchRequestConversion.request_id.in_(ids)),
+        delete(DispatchRequest).where(DispatchRequest.id.in_(ids)),
+    ]

@@ -1,7 +1,7 @@
 """Destinations: per-account destination and Gateway settings, per-destination delivery state
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-06 23:00:00
 
 An account sends to the Graph API, to a Conversions API Gateway, or to both. Its Gateway key
@@ -19,7 +19,7 @@ from alembic import op
 import waconv.db
 
 revision: str = "0007"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -137,7 +137,8 @@ def test_items_carry_the_outbox_state(admin: Admin, services: Services, clicked:
     assert item["created_at"] == "2025-06-20T12:00:00Z"
     assert item["sent_at"] is None
     assert r.json["next_cursor"] is None
-    assert admin.get(f"/admin/conversions/{item['id']}").json == item
+    detail = admin.get(f"/admin/conversions/{item['id']}").json
+    assert {key: detail[key] for key in ITEM_KEYS} == item
 
 
 def test_filters(admin: Admin, services: Services, two_users: None) -> None:
@@ -319,7 +320,8 @@ def test_get_one_conversion(admin: Admin, services: Services, clicked: str) -> N
     r = admin.get(f"/admin/conversions/{conversion_id}")
     assert r.status_code == 200
     assert r.json["id"] == conversion_id
-    assert set(r.json) == ITEM_KEYS
+    assert set(r.json) == ITEM_KEYS | {"sent_event", "requests"}
+    assert (r.json["sent_event"], r.json["requests"]) == (None, [])  # never sent
 
 
 @pytest.mark.parametrize("path", ["12345", "0", str(2**63), "9" * 40, "abc", "-1", "1.5"])

@@ -72,3 +72,31 @@ def test_the_documented_referral_names_every_ad_field_the_api_returns(admin: Adm
     referral = doc["components"]["schemas"]["Conversation"]["properties"]["referral"]
     returned = _ad({"ctwa_clid": "x", "welcome_message": {"text": "hi"}})
     assert set(referral["properties"]) == set(returned)
+
+
+def test_the_request_log_is_documented_as_the_contract_shapes_it(admin: Admin) -> None:
+    doc = admin.get("/admin/openapi.json").json
+    schemas = doc["components"]["schemas"]
+    assert schemas["Request"]["required"] == [
+        "id",
+        "at",
+        "waba_id",
+        "destination",
+        "events",
+        "bytes",
+        "http_status",
+        "duration_ms",
+        "events_received",
+        "fbtrace_id",
+        "messages",
+        "error_code",
+        "error_subcode",
+        "error_message",
+    ]
+    assert "canceled" in schemas["Conversion"]["properties"]["status"]["enum"]
+    detail = doc["paths"]["/admin/conversions/{id}"]["get"]["responses"]["200"]
+    assert detail["content"]["application/json"]["schema"]["$ref"].endswith("ConversionDetail")
+    params = {p["name"]: p for p in doc["paths"]["/admin/requests"]["get"]["parameters"]}
+    assert params["limit"]["schema"]["maximum"] == 1000
+    assert admin.get("/admin/requests", limit=1000).status_code == 200
+    assert admin.get("/admin/requests", limit=1001).status_code == 400

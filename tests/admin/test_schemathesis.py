@@ -27,7 +27,9 @@ from schemathesis.specs.openapi.checks import (
 
 from tests import payloads as p
 from tests.admin.conftest import OTHER_WA_ID, Admin, set_conversion
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, WABA_ID
+from waconv.clock import utcnow
+from waconv.conversions.requestlog import RequestRecord, record_request
 from waconv.models import Conversion
 from waconv.services import Services
 
@@ -48,11 +50,35 @@ def admin_schema(
 ) -> Any:
     msg = p.text("hi", wa_id=OTHER_WA_ID)
     assert post_webhook(p.delivery(msg, contacts=[p.contact(OTHER_WA_ID)])).status_code == 200
-    states = [Conversion.FAILED, Conversion.SENT, Conversion.EXPIRED, Conversion.PENDING]
+    states = [
+        Conversion.FAILED,
+        Conversion.SENT,
+        Conversion.EXPIRED,
+        Conversion.PENDING,
+        Conversion.CANCELED,
+    ]
+    ids = []
     for n, status in enumerate(states):
         r = admin.mark(wa_id=clicked, event_name="OrderCreated", order_id=f"seed-{n}")
         assert r.status_code == 202
         set_conversion(services, r.json["id"], status=status, last_error=f"seeded {status}")
+        ids.append(r.json["id"])
+    with services.db.transaction() as session:  # one answered request, one unanswered
+        for status in (200, None):
+            record = RequestRecord(
+                at=utcnow(),
+                waba_id=WABA_ID,
+                destination="graph",
+                events=2,
+                bytes=600,
+                duration_ms=25,
+                http_status=status,
+                events_received=2 if status else None,
+                fbtrace_id="AbCdEf123" if status else None,
+                messages=[] if status else None,
+                error_message=None if status else "no answer",
+            )
+            record_request(session, record, ids[:2])
     return schemathesis.openapi.from_wsgi("/admin/openapi.json", app, headers=AUTH)
 
 
@@ -76,6 +102,8 @@ OPERATIONS = [
     "listConversions",
     "getConversion",
     "retryConversion",
+    "cancelConversion",
+    "listRequests",
 ]
 
 

@@ -6,50 +6,22 @@ stderr and exit code 1; no command ever prints or logs a token.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
 from waconv.accounts import service
-from waconv.accounts.service import AccountError, AccountView
+from waconv.accounts.service import AccountView
+from waconv.cli import fail_cleanly, services_scope
 from waconv.clock import isoformat
 from waconv.config import DESTINATIONS
-from waconv.services import Services
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 WABA_HELP = "WhatsApp Business Account id (default WACONV_WABA_ID)."
 ARGV_WARNING = (
     "warning: a token given with --token is visible to other users in `ps` and stays in your "
     "shell history; prefer the prompt or --token-stdin"
 )
-
-
-def _account_errors(func: F) -> F:
-    """AccountError, configuration and rules errors -> one line on stderr, exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # waconv.cli imports this module while it loads; import it when a command runs.
-        from waconv.cli import Failure, fail_cleanly
-
-        try:
-            return fail_cleanly(func)(*args, **kwargs)
-        except AccountError as exc:
-            raise Failure(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _services() -> contextlib.AbstractContextManager[Services]:
-    from waconv.cli import services_scope
-
-    return services_scope()
 
 
 def register(main: click.Group) -> None:
@@ -62,14 +34,14 @@ def register(main: click.Group) -> None:
 @click.command("provision-dataset")
 @click.option("--waba-id", default=None, metavar="ID", help=WABA_HELP)
 @click.option("--name", default=None, help="Dataset name, used only when Meta creates it.")
-@_account_errors
+@fail_cleanly
 def provision_dataset(waba_id: str | None, name: str | None) -> None:
     """Get-or-create the WABA's dataset at Meta and store it; prints its id last.
 
     Calling it again is safe: Meta answers the same id. Uses the account's own token, else
     WACONV_ACCESS_TOKEN.
     """
-    with _services() as services:
+    with services_scope() as services:
         waba = service.resolve_waba_id(services, waba_id)
         with services.graph as graph:
             done = service.provision_dataset(services, waba, name=name, graph=graph)
@@ -87,10 +59,10 @@ def provision_dataset(waba_id: str | None, name: str | None) -> None:
 
 @click.command("subscribe-app")
 @click.option("--waba-id", default=None, metavar="ID", help=WABA_HELP)
-@_account_errors
+@fail_cleanly
 def subscribe_app(waba_id: str | None) -> None:
     """Subscribe this app to the WABA's webhooks (POST /{WABA_ID}/subscribed_apps)."""
-    with _services() as services:
+    with services_scope() as services:
         waba = service.resolve_waba_id(services, waba_id)
         with services.graph as graph:
             done = service.subscribe_app(services, waba, graph=graph)
@@ -106,10 +78,10 @@ def accounts() -> None:
 
 @accounts.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
-@_account_errors
+@fail_cleanly
 def accounts_list(as_json: bool) -> None:
     """Every account with its dataset, token source (never the token) and status."""
-    with _services() as services:
+    with services_scope() as services:
         views = service.list_accounts(services)
     if as_json:
         click.echo(json.dumps([v.to_json() for v in views], indent=2))
@@ -165,14 +137,14 @@ def _stdin_is_terminal() -> bool:
     metavar="TOKEN",
     help="The token itself. Discouraged: visible in `ps` and shell history.",
 )
-@_account_errors
+@fail_cleanly
 def accounts_set_token(waba_id: str | None, token_stdin: bool, argv_token: str | None) -> None:
     """Store the WABA's own access token, encrypted with WACONV_SECRET_KEY, and resume the
     account. The token is read from a hidden prompt on a terminal, else (or with
     --token-stdin) from standard input."""
     if token_stdin and argv_token is not None:
         raise click.UsageError("give the token with --token-stdin or --token, not both")
-    with _services() as services:
+    with services_scope() as services:
         waba = service.resolve_waba_id(services, waba_id)
         if argv_token is not None:
             click.echo(ARGV_WARNING, err=True)
@@ -223,7 +195,7 @@ def accounts_set_token(waba_id: str | None, token_stdin: bool, argv_token: str |
     metavar="A,B",
     help="Only these events go to the Gateway, the others to Graph; an empty string clears it.",
 )
-@_account_errors
+@fail_cleanly
 def accounts_set(
     waba_id: str | None,
     dataset_id: str | None,
@@ -245,7 +217,7 @@ def accounts_set(
             "or --gateway-events"
         )
     gateway_key = sys.stdin.read() if gateway_key_stdin else None
-    with _services() as services:
+    with services_scope() as services:
         waba = service.resolve_waba_id(services, waba_id)
         view = service.update_account(
             services,

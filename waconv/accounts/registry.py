@@ -146,20 +146,38 @@ def gateway_key_for(account: Account, settings: Settings) -> str | None:
     return settings.gateway_access_key or None
 
 
+@dataclass(frozen=True)
+class Ldu:
+    """An account's Limited Data Use setting, its own or the WACONV_LDU* default."""
+
+    ldu: bool
+    country: int
+    state: int
+
+
+def ldu_of(account: Account | None, settings: Settings) -> Ldu:
+    if account is None:
+        return Ldu(settings.ldu, settings.ldu_country, settings.ldu_state)
+    return Ldu(
+        ldu=settings.ldu if account.ldu is None else account.ldu,
+        country=account.ldu_country if account.ldu_country is not None else settings.ldu_country,
+        state=account.ldu_state if account.ldu_state is not None else settings.ldu_state,
+    )
+
+
 def credentials(account: Account, settings: Settings) -> Credentials:
     """What the dispatcher sends with. Raises ConfigError when the account's own token cannot
     be decrypted (the dispatcher then holds that account's events, with the reason)."""
+    ldu = ldu_of(account, settings)
     routing = routing_for(account, settings)
     return Credentials(
         waba_id=account.waba_id,
         token=token_for(account, settings),
         dataset_id=dataset_for(account, settings),
         partner_agent=account.partner_agent or settings.partner_agent or None,
-        ldu=settings.ldu if account.ldu is None else account.ldu,
-        ldu_country=(
-            account.ldu_country if account.ldu_country is not None else settings.ldu_country
-        ),
-        ldu_state=account.ldu_state if account.ldu_state is not None else settings.ldu_state,
+        ldu=ldu.ldu,
+        ldu_country=ldu.country,
+        ldu_state=ldu.state,
         routing=routing,
         gateway_url=(account.gateway_url or settings.gateway_url or None)
         if routing.uses_gateway

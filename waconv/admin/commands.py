@@ -6,45 +6,14 @@ same :mod:`waconv.admin.service` functions, and a refusal is one line on stderr 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from waconv.admin import service
-from waconv.errors import APIError
+from waconv.cli import fail_cleanly, services_scope
 from waconv.models import Conversion
-from waconv.services import Services
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _admin_errors(func: F) -> F:
-    """Refusals, configuration, rules and database errors -> one line on stderr, exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # waconv.cli imports this module while it loads; import it when a command runs.
-        from waconv.cli import Failure, fail_cleanly
-
-        try:
-            return fail_cleanly(func)(*args, **kwargs)
-        except APIError as exc:
-            raise Failure(exc.message) from None
-        except SQLAlchemyError as exc:
-            raise Failure(f"database error: {type(exc).__name__}") from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _services() -> contextlib.AbstractContextManager[Services]:
-    from waconv.cli import services_scope
-
-    return services_scope()
 
 
 def register(main: click.Group) -> None:
@@ -105,7 +74,7 @@ def _custom_data(
     "--phone-number-id", default=None, metavar="ID", help="When the user talks to several."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the conversion as JSON.")
-@_admin_errors
+@fail_cleanly
 def mark(
     wa_id: str | None,
     user_id: str | None,
@@ -133,7 +102,7 @@ def mark(
         "phone_number_id": phone_number_id,
     }
     request = service.MarkRequest.from_json(body)
-    with _services() as services, services.db.transaction() as session:
+    with services_scope() as services, services.db.transaction() as session:
         marked = service.mark_conversion(session, request)
         shown = service.conversion_to_dict(marked.conversion)
     if as_json:
@@ -162,7 +131,7 @@ def mark(
 )
 @click.option("--cursor", default=None, help="The next cursor a previous page printed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON page, as the admin API answers.")
-@_admin_errors
+@fail_cleanly
 def list_(
     status: str | None,
     event_name: str | None,
@@ -183,7 +152,7 @@ def list_(
             "cursor": cursor,
         }
     )
-    with _services() as services, services.db.transaction() as session:
+    with services_scope() as services, services.db.transaction() as session:
         page = service.list_conversions(session, query)
         items = [service.conversion_to_dict(c) for c in page.items]
     if as_json:
@@ -215,9 +184,9 @@ def list_(
 
 @conversions.command("retry")
 @click.argument("conversion_id", type=int, metavar="ID")
-@_admin_errors
+@fail_cleanly
 def retry(conversion_id: int) -> None:
     """Queue a failed conversion again, like POST /admin/conversions/ID/retry."""
-    with _services() as services, services.db.transaction() as session:
+    with services_scope() as services, services.db.transaction() as session:
         shown = service.conversion_to_dict(service.retry_conversion(session, conversion_id))
     click.echo(f"queued again: conversion {shown['id']}, attempt {shown['attempts'] + 1} is due")

@@ -13,7 +13,7 @@ from typing import Any
 from waconv.admin.service import DEFAULT_LIMIT, MAX_ID, MAX_LIMIT, MAX_ORDER_ID, SOURCES
 from waconv.conversations.store import AD_FIELDS
 from waconv.conversions.events import EVENT_NAMES
-from waconv.models import Conversion
+from waconv.models import Conversion, DispatchRequest
 
 _EXAMPLE_WA_ID = "16505551234"
 
@@ -81,9 +81,10 @@ _CONVERSION = {
         "event_name": _EVENT_NAME,
         "status": {
             **_STATUS,
-            "description": "pending: waiting to be sent; sending: leased by a dispatcher; "
-            "sent; failed: Meta refused it (see last_error), retry with POST .../retry; "
-            "expired: past Meta's 7-day limit, never sent",
+            "description": "pending: waiting to be sent (also while its request is in "
+            "flight); sent; failed: Meta refused it (see last_error), retry with POST "
+            ".../retry; expired: past Meta's 7-day limit, never sent; canceled: by an "
+            "operator (POST .../cancel), never sent",
         },
         "attempts": {"type": "integer", "minimum": 0},
         "last_error": _nullable({**_STRING, "description": "why the last attempt failed"}),
@@ -116,6 +117,70 @@ _CONVERSION = {
             },
         },
     },
+}
+
+_REQUEST = {
+    "type": "object",
+    "description": "one HTTP request that carried events to a destination; null where not "
+    "applicable (no answer, no error)",
+    "required": [
+        "id",
+        "at",
+        "waba_id",
+        "destination",
+        "events",
+        "bytes",
+        "http_status",
+        "duration_ms",
+        "events_received",
+        "fbtrace_id",
+        "messages",
+        "error_code",
+        "error_subcode",
+        "error_message",
+    ],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "at": {**_TIME, "description": "when it was sent"},
+        "waba_id": _STRING,
+        "destination": {"type": "string", "enum": list(DispatchRequest.DESTINATIONS)},
+        "events": {"type": "integer", "minimum": 0, "description": "events in the body"},
+        "bytes": {"type": "integer", "minimum": 0, "description": "size of the body"},
+        "http_status": _nullable(
+            {"type": "integer", "description": "null: no answer (network failure, timeout)"}
+        ),
+        "duration_ms": {"type": "integer", "minimum": 0},
+        "events_received": _nullable({"type": "integer", "description": "Meta's count"}),
+        "fbtrace_id": _nullable(_STRING),
+        "messages": _nullable({"type": "array", "description": "Meta's messages"}),
+        "error_code": _nullable({"type": "integer", "description": "Meta's error.code"}),
+        "error_subcode": _nullable({"type": "integer"}),
+        "error_message": _nullable(_STRING),
+    },
+}
+
+_CONVERSION_DETAIL = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Conversion"},
+        {
+            "type": "object",
+            "required": ["sent_event", "requests"],
+            "properties": {
+                "sent_event": _nullable(
+                    {
+                        "type": "object",
+                        "description": "the event JSON as sent (rebuilt from the stored "
+                        "conversion with the dispatcher's builder); null if never sent",
+                    }
+                ),
+                "requests": {
+                    "type": "array",
+                    "description": "the requests that carried it, newest first",
+                    "items": {"$ref": "#/components/schemas/Request"},
+                },
+            },
+        },
+    ]
 }
 
 _MARK_REQUEST = {
@@ -377,10 +442,10 @@ _DOCUMENT: dict[str, Any] = {
         "/admin/conversions/{id}": {
             "get": {
                 "operationId": "getConversion",
-                "summary": "One conversion",
+                "summary": "One conversion, the event it was sent as, and its requests",
                 "parameters": [_CONVERSION_ID],
                 "responses": {
-                    "200": _json("the conversion", "Conversion"),
+                    "200": _json("the conversion", "ConversionDetail"),
                     **_BAD_REQUEST,
                     **_NOT_FOUND,
                     **_ALWAYS,
@@ -399,7 +464,56 @@ _DOCUMENT: dict[str, Any] = {
                     "202": _json("queued again", "Conversion"),
                     **_BAD_REQUEST,
                     **_NOT_FOUND,
-                    "409": _error("not failed (pending, sending, sent) or too old to send"),
+                    "409": _error(
+                        "not failed (pending, sent, expired, canceled) or too old to send"
+                    ),
+                    **_ALWAYS,
+                },
+            }
+        },
+        "/admin/conversions/{id}/cancel": {
+            "post": {
+                "operationId": "cancelConversion",
+                "summary": "Cancel a pending or failed conversion: it is never sent",
+                "description": "Status becomes canceled, for good: no retry, dispatcher or "
+                "repeated mark makes it pending again.",
+                "parameters": [_CONVERSION_ID],
+                "responses": {
+                    "200": _json("canceled", "Conversion"),
+                    **_BAD_REQUEST,
+                    **_NOT_FOUND,
+                    "409": _error(
+                        "not pending or failed (sent, expired, canceled), or in a request to "
+                        "Meta at this moment (try again in a few seconds)"
+                    ),
+                    **_ALWAYS,
+                },
+            }
+        },
+        "/admin/requests": {
+            "get": {
+                "operationId": "listRequests",
+                "summary": "The requests sent to Meta (Graph or Gateway), newest first",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": f"page size; larger values are refused (400), not "
+                        f"clamped. Default {DEFAULT_LIMIT}",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                        "example": 1,
+                    },
+                    _text_query("cursor", "next_cursor of the previous page, as given"),
+                ],
+                "responses": {
+                    "200": _json("a page; next_cursor is null on the last page", "RequestPage"),
+                    **_BAD_REQUEST,
                     **_ALWAYS,
                 },
             }
@@ -437,6 +551,20 @@ _DOCUMENT: dict[str, Any] = {
                         "type": "array",
                         "maxItems": MAX_LIMIT,
                         "items": {"$ref": "#/components/schemas/Conversion"},
+                    },
+                    "next_cursor": _nullable(_STRING),
+                },
+            },
+            "ConversionDetail": _CONVERSION_DETAIL,
+            "Request": _REQUEST,
+            "RequestPage": {
+                "type": "object",
+                "required": ["items", "next_cursor"],
+                "properties": {
+                    "items": {
+                        "type": "array",
+                        "maxItems": MAX_LIMIT,
+                        "items": {"$ref": "#/components/schemas/Request"},
                     },
                     "next_cursor": _nullable(_STRING),
                 },

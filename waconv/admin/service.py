@@ -21,7 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from waconv.clock import from_unix, isoformat, utcnow
+from waconv.config import Settings
 from waconv.conversations import store
+from waconv.conversions import requestlog
 from waconv.conversions.events import (
     MAX_EVENT_AGE,
     InvalidConversion,
@@ -34,7 +36,7 @@ from waconv.conversions.events import (
 from waconv.conversions.outbox import enqueue
 from waconv.conversions.schedule import SEND_MARGIN
 from waconv.errors import APIError
-from waconv.models import Conversation, Conversion
+from waconv.models import Account, Conversation, Conversion
 
 # Page sizes of GET /admin/conversions: a page is one query and one JSON document; 1,000 rows
 # keep both well under a second and a few MB, and match Meta's batch size.
@@ -496,6 +498,13 @@ def retry_conversion(session: Session, conversion_id: int) -> Conversion:
             f"conversion {conversion_id} expired: Meta refuses events whose event_time is more "
             "than 7 days old, so it cannot be sent again",
         )
+    if conversion.status == Conversion.CANCELED:
+        raise APIError(
+            409,
+            "canceled",
+            f"conversion {conversion_id} was canceled by an operator; a canceled conversion is "
+            "never sent (mark it again under another order_id if it must be)",
+        )
     if conversion.status != Conversion.FAILED:
         raise APIError(
             409,
@@ -515,6 +524,94 @@ def retry_conversion(session: Session, conversion_id: int) -> Conversion:
     conversion.next_attempt_at = now
     session.flush()
     return conversion
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+
+def cancel_conversion(session: Session, conversion_id: int) -> Conversion:
+    """A pending or failed conversion becomes canceled: no dispatcher claims it again (they
+    claim pending ones only), and no retry, sweep or second mark makes it pending."""
+    conversion = get_conversion(session, conversion_id, for_update=True)
+    if conversion.status not in (Conversion.PENDING, Conversion.FAILED):
+        raise APIError(
+            409,
+            "not_cancelable",
+            f"conversion {conversion_id} is {conversion.status}; only pending or failed "
+            "conversions can be canceled",
+        )
+    if conversion.status == Conversion.PENDING and _maybe_in_flight(session, conversion):
+        raise APIError(
+            409,
+            "in_flight",
+            f"conversion {conversion_id} may be in a request to Meta right now; try again in a "
+            "few seconds",
+        )
+    conversion.status = Conversion.CANCELED
+    session.flush()
+    return conversion
+
+
+def _maybe_in_flight(session: Session, conversion: Conversion) -> bool:
+    """Whether a dispatcher may have claimed the conversion for the request it is sending.
+
+    A dispatcher claims only due events of an account it holds the lease of, so an event not
+    yet due, or of an account nobody holds, is not in flight. The account row is locked until
+    this transaction ends (on SQLite the write lock already is), so no dispatcher takes the
+    account between this look and the cancel.
+    """
+    now = utcnow()
+    if conversion.next_attempt_at > now:
+        return False
+    account = session.scalar(
+        select(Account).where(Account.waba_id == conversion.waba_id).with_for_update()
+    )
+    return (
+        account is not None
+        and account.dispatch_token is not None
+        and account.dispatch_leased_until is not None
+        and account.dispatch_leased_until > now
+    )
+
+
+# --- the request log --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestsQuery:
+    """A checked ``GET /admin/requests`` query."""
+
+    limit: int = DEFAULT_LIMIT
+    after_id: int | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str | None]) -> RequestsQuery:
+        cursor = args.get("cursor")
+        return cls(
+            limit=_limit(args.get("limit")),
+            after_id=decode_cursor(cursor) if cursor is not None else None,
+        )
+
+
+def list_requests(
+    session: Session, query: RequestsQuery
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, keyset-paged like the conversions."""
+    rows, more = requestlog.list_requests(session, limit=query.limit, before_id=query.after_id)
+    items = [requestlog.request_to_dict(r) for r in rows]
+    return items, encode_cursor(rows[-1].id) if more else None
+
+
+def conversion_detail(session: Session, conversion_id: int, settings: Settings) -> dict[str, Any]:
+    """One conversion with the event it went out as and the requests that carried it."""
+    conversion = get_conversion(session, conversion_id)
+    requests = requestlog.requests_of(session, conversion.id)
+    body = conversion_to_dict(conversion)
+    body["sent_event"] = requestlog.sent_event(
+        session, conversion, settings, carried=bool(requests)
+    )
+    body["requests"] = [requestlog.request_to_dict(r) for r in requests]
+    return body
 
 
 # --- answers ----------------------------------------------------------------------------------

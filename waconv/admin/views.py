@@ -98,9 +98,27 @@ def list_conversions() -> Response:
 @bp.get("/conversions/<int:conversion_id>")
 def get_conversion(conversion_id: int) -> Response:
     _only_query()
-    with current_services().db.transaction() as session:
-        body = service.conversion_to_dict(service.get_conversion(session, conversion_id))
+    services = current_services()
+    with services.db.transaction() as session:
+        body = service.conversion_detail(session, conversion_id, services.settings)
     return jsonify(body)
+
+
+@bp.post("/conversions/<int:conversion_id>/cancel")
+def cancel_conversion(conversion_id: int) -> Response:
+    _only_query()
+    with current_services().db.transaction() as session:
+        body = service.conversion_to_dict(service.cancel_conversion(session, conversion_id))
+    return jsonify(body)
+
+
+@bp.get("/requests")
+def list_requests() -> Response:
+    _only_query("limit", "cursor")
+    query = service.RequestsQuery.from_args(request.args)
+    with current_services().db.transaction() as session:
+        items, next_cursor = service.list_requests(session, query)
+    return jsonify({"items": items, "next_cursor": next_cursor})
 
 
 @bp.post("/conversions/<int:conversion_id>/retry")

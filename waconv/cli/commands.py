@@ -1,68 +1,25 @@
-"""The ``waconv`` command: one click group; commands stay thin and call the services."""
+"""The core commands: db, webhooks replay, serve, dispatch, prune. Thin: they call the services."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
 import click
 
-from waconv.config import ConfigError, Settings, load_settings, warn_if_test_events
-from waconv.services import Services
+from waconv.cli import Failure, fail_cleanly, settings_and_services
+from waconv.config import warn_if_test_events
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Failure(click.ClickException):
-    """A one-line reason on stderr and exit code 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def fail_cleanly(func: F) -> F:
-    """Turn configuration and rules errors into one line on stderr, exit 1."""
-    from waconv.rules import RulesError
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (ConfigError, RulesError) as exc:
-            raise Failure(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def settings_and_services() -> tuple[Settings, Services]:
-    from waconv.logs import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings)
-    return settings, Services.build(settings)
-
-
-@contextlib.contextmanager
-def services_scope() -> Iterator[Services]:
-    """Settings and services for one command, closed when it ends."""
-    _, services = settings_and_services()
-    try:
-        yield services
-    finally:
-        services.close()
+def register(main: click.Group) -> None:
+    """Add these commands to the ``waconv`` group."""
+    for command in (db, webhooks, serve, dispatch, prune):
+        main.add_command(command)
 
 
 @click.group()
-def main() -> None:
-    """waconv: WhatsApp click-to-WhatsApp conversations to Meta Conversions API events."""
-
-
-@main.group()
 def db() -> None:
     """Database schema."""
 
@@ -99,7 +56,7 @@ def db_check() -> None:
     click.echo("models and migrations agree")
 
 
-@main.group()
+@click.group()
 def webhooks() -> None:
     """Stored webhook deliveries."""
 
@@ -133,7 +90,7 @@ def webhooks_replay(ids: tuple[int, ...], all_failed: bool) -> None:
         sys.exit(1)
 
 
-@main.command("serve")
+@click.command("serve")
 @click.option("--host", default=None, help="Address to bind (default HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default PORT or 8000).")
 @click.option("--no-dispatcher", is_flag=True, help="Serve only; send nothing to Meta.")
@@ -145,7 +102,7 @@ def serve(host: str | None, port: int | None, no_dispatcher: bool) -> None:
     run_dev_server(host=host, port=port, dispatcher=not no_dispatcher)
 
 
-@main.command("dispatch")
+@click.command("dispatch")
 @click.option("--once", is_flag=True, help="Send what is due now, then exit.")
 @click.option(
     "--max-seconds",
@@ -192,7 +149,7 @@ def dispatch(once: bool, max_seconds: float | None) -> None:
         services.close()
 
 
-@main.command("prune")
+@click.command("prune")
 @click.option(
     "--days", type=int, default=None, help="Retention in days (default WACONV_RETENTION_DAYS)."
 )
@@ -210,19 +167,5 @@ def prune(days: int | None) -> None:
         services.close()
     click.echo(
         f"pruned {stats.deliveries} delivery bodies, {stats.messages} message texts, "
-        f"{stats.statuses} statuses, {stats.notices} notices"
+        f"{stats.statuses} statuses, {stats.notices} notices, {stats.requests} requests"
     )
-
-
-def _register_feature_commands() -> None:
-    from waconv.accounts.commands import register as register_accounts
-    from waconv.admin.commands import register as register_admin
-
-    register_accounts(main)
-    register_admin(main)
-
-
-_register_feature_commands()
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
