@@ -35,6 +35,9 @@ MAX_LEASE_SECONDS = 60  # the contract: leased events of a dead dispatcher due w
 # would stretch a lease past 60 s, and a dead dispatcher's events would wait longer.
 LEASE_SLACK_SECONDS = 5
 MAX_GRAPH_TIMEOUT_SECONDS = MAX_LEASE_SECONDS - LEASE_SLACK_SECONDS
+# Requests one dispatcher keeps in flight at most (each HTTP client pools this many
+# connections per host).
+MAX_DISPATCH_CONCURRENCY = 64
 WEBHOOK_PROCESSING_MODES = ("background", "inline")
 DESTINATIONS = ("graph", "gateway", "both")
 
@@ -77,6 +80,8 @@ class Settings:
     retention_days: int = 30
     db_pool_size: int = 5
     log_level: str = "INFO"
+    # Requests one dispatcher keeps in flight, each for a different account.
+    dispatch_concurrency: int = 16
     # Where accounts without a destination of their own send (waconv.conversions.destinations).
     destination: str = "graph"
     gateway_url: str = ""
@@ -133,6 +138,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "WACONV_RETENTION_DAYS": ("retention_days", int),
     "WACONV_DB_POOL_SIZE": ("db_pool_size", int),
     "WACONV_LOG_LEVEL": ("log_level", str),
+    "WACONV_DISPATCH_CONCURRENCY": ("dispatch_concurrency", int),
     "WACONV_DESTINATION": ("destination", str),
     "WACONV_GATEWAY_URL": ("gateway_url", str),
     "WACONV_GATEWAY_ACCESS_KEY": ("gateway_access_key", str),
@@ -220,6 +226,10 @@ def validate(s: Settings) -> None:
         )
     if s.retention_days < 1:
         raise ConfigError("WACONV_RETENTION_DAYS must be at least 1")
+    if not 1 <= s.dispatch_concurrency <= MAX_DISPATCH_CONCURRENCY:
+        raise ConfigError(
+            f"WACONV_DISPATCH_CONCURRENCY must be between 1 and {MAX_DISPATCH_CONCURRENCY}"
+        )
     if s.destination not in DESTINATIONS:
         raise ConfigError(
             f"WACONV_DESTINATION must be graph, gateway or both, not {s.destination!r}"

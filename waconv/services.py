@@ -4,6 +4,7 @@ destinations (the Graph API, Conversions API Gateways)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from waconv.rules import RuleSet
 
 log = logging.getLogger(__name__)
+_gateways_lock = threading.Lock()
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Services:
         db = Database(
             settings.database_url,
             pool_size=settings.db_pool_size,
+            # A dispatcher's concurrent account turns (and their sender and recorder threads)
+            # each hold a connection for a moment.
+            max_overflow=max(settings.db_pool_size, 2 * settings.dispatch_concurrency),
             autocheckpoint=(
                 DEFERRED_AUTOCHECKPOINT_PAGES if deferred else SQLITE_AUTOCHECKPOINT_PAGES
             ),
@@ -66,12 +71,13 @@ class Services:
 
     def gateway(self, url: str) -> GatewayClient:
         """The client of the Conversions API Gateway at ``url``."""
-        client = self._gateways.get(url)
-        if client is None:
-            from waconv.gateway.client import GatewayClient
+        with _gateways_lock:  # account turns run in threads
+            client = self._gateways.get(url)
+            if client is None:
+                from waconv.gateway.client import GatewayClient
 
-            client = GatewayClient(url, timeout=self.settings.graph_timeout_seconds)
-            client = self._gateways.setdefault(url, client)
+                client = GatewayClient(url, timeout=self.settings.graph_timeout_seconds)
+                self._gateways[url] = client
         return client
 
     def on_close(self, closer: Callable[[], None]) -> None:

@@ -233,6 +233,7 @@ class Dispatcher:
         *,
         graph: GraphClient | None = None,
         batch_size: int = MAX_BATCH,
+        concurrency: int | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
@@ -242,6 +243,8 @@ class Dispatcher:
         self.destinations: dict[str, Destination] = {GATEWAY: GatewayDestination(services)}
         self.graph = graph or services.graph
         self.batch_size = batch_size
+        # Accounts whose turns run at once (WACONV_DISPATCH_CONCURRENCY).
+        self.concurrency = concurrency or self.settings.dispatch_concurrency
         self.lease = timedelta(seconds=self.settings.lease_seconds)
         self._swept_at: float | None = None  # time.monotonic() of the last expiry sweep
         # Accounts another dispatcher held at this one's last sweep: swept when next leased.
@@ -301,17 +304,33 @@ class Dispatcher:
         sent expires. The sweep scans every due event, so it comes after the turns, when
         only what could not be sent is left (claims skip stale events meanwhile)."""
         stats = DispatchStats()
-        for waba_id in self._accounts_with_due_events():
-            try:
-                stats.add(self._dispatch_account(waba_id))
-            except Exception as exc:  # one account's trouble must not starve the others
-                log.exception("dispatcher.account_failed waba_id=%s", waba_id)
-                stats.errors.append(exc)
+        accounts = self._accounts_with_due_events()
+        workers = min(self.concurrency, len(accounts))
+        if workers <= 1:
+            for waba_id in accounts:
+                stats.add(self._turn(waba_id))
+        else:
+            # Up to `concurrency` account turns at once, each under its own lease: while one
+            # waits for Meta the others send (the GIL is free during the wait).
+            with ThreadPoolExecutor(workers, thread_name_prefix="dispatcher-account") as pool:
+                for turn in pool.map(self._turn, accounts):
+                    stats.add(turn)
         clock = time.monotonic()
         if self._swept_at is None or clock - self._swept_at >= EXPIRE_SWEEP_SECONDS:
             stats.expired += self._expire_stale()
             self._swept_at = clock
         return stats
+
+    def _turn(self, waba_id: str) -> DispatchStats:
+        """One account's turn; its failure is logged and counted, never raised (one account's
+        trouble must not starve the others). Nothing once run_forever is asked to stop."""
+        if self._stopping():
+            return DispatchStats()
+        try:
+            return self._dispatch_account(waba_id)
+        except Exception as exc:
+            log.exception("dispatcher.account_failed waba_id=%s", waba_id)
+            return DispatchStats(errors=[exc])
 
     # -- state changes --------------------------------------------------------------------------
 

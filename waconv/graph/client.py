@@ -20,6 +20,7 @@ from urllib.parse import quote
 import orjson
 import requests
 
+from waconv.config import MAX_DISPATCH_CONCURRENCY
 from waconv.graph.errors import GraphError
 
 MAX_EVENTS = 1000  # Meta rejects larger requests (the whole request, reference §3.6)
@@ -77,6 +78,10 @@ def _session_for(base_url: str) -> requests.Session:
     reads them again for every request, walking the whole environment (profiled: the largest
     CPU cost of a 1,000-event request after building it)."""
     session = requests.Session()
+    # As many pooled connections as a dispatcher keeps requests in flight.
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=MAX_DISPATCH_CONCURRENCY)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     found = session.merge_environment_settings(base_url, {}, None, None, None)
     session.proxies.update(found["proxies"])
     session.verify = found["verify"]
