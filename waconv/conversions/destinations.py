@@ -135,12 +135,16 @@ def gateway_disposition(err: GatewayError) -> Disposition:
     """429, 5xx and network failures are retried; any other answer refuses the batch as it is
     (the Gateway does not say which event it minds, so it is never split)."""
     status = err.http_status
+    if err.too_large:  # a smaller request goes through: split
+        return Disposition.INVALID
     if status is None or status == 429 or status >= 500:
         return Disposition.RETRY
     return Disposition.REFUSED
 
 
 def gateway_sentence(err: GatewayError, waba_id: str) -> str:
+    if err.too_large:
+        return f"the request was too large for the Conversions API Gateway ({err})"
     if gateway_disposition(err) is Disposition.RETRY:
         return f"the Conversions API Gateway did not take the events ({err}); waconv retries"
     return (

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import orjson
 import requests
 
-from waconv.graph.client import MAX_EVENTS, _connection_reason, _session_for
+from waconv.graph.client import MAX_EVENTS, MAX_REQUEST_BYTES, _connection_reason, _session_for
 
 MAX_WORDS = 300  # of the Gateway's answer, kept for the operator
 ACCEPTED = frozenset({200, 202})
@@ -26,17 +26,23 @@ class GatewayError(Exception):
     """A request the Gateway did not accept: its HTTP status (None for a network failure) and
     its words."""
 
-    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, http_status: int | None = None, too_large: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
+        # Over the byte cap (never sent) or answered 413: a smaller request goes through.
+        self.too_large = too_large or http_status == 413
 
     @property
     def network(self) -> bool:
-        return self.http_status is None
+        return self.http_status is None and not self.too_large
 
     def __str__(self) -> str:
         where = f"HTTP {self.http_status}" if self.http_status is not None else "network error"
+        if self.too_large and self.http_status is None:
+            where = "not sent"
         return f"Gateway {where}: {self.message}"
 
 
@@ -68,6 +74,7 @@ class GatewayClient:
             raise ValueError("the Gateway URL must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.max_bytes = MAX_REQUEST_BYTES
         self._owns_session = session is None
         self.session = session if session is not None else _session_for(self.base_url)
 
@@ -90,6 +97,11 @@ class GatewayClient:
             raise ValueError("the Gateway access key is empty")
         url = f"{self.base_url}/capi/{quote(str(dataset_id), safe='')}/events"
         payload = orjson.dumps({"accessKey": access_key, "data": events})
+        if len(payload) > self.max_bytes:
+            raise GatewayError(
+                f"{len(events)} events make {len(payload)} bytes, over the cap of {self.max_bytes}",
+                too_large=True,
+            )
         try:
             response = self.session.post(
                 url,

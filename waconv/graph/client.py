@@ -24,6 +24,9 @@ from waconv.config import MAX_DISPATCH_CONCURRENCY
 from waconv.graph.errors import GraphError
 
 MAX_EVENTS = 1000  # Meta rejects larger requests (the whole request, reference §3.6)
+# Bytes of one events request body at most. Meta documents no limit; this is its webhook
+# payload limit (3 MB), some 6,000 typical events: only batches of large contents reach it.
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0  # seconds; Meta answers most posts in < 600 ms, big batches take longer
 # urllib3 error texts start with "<urllib3.connection.HTTPConnection object at 0x...>: ".
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*")
@@ -118,6 +121,7 @@ class GraphClient:
         self._owns_session = session is None
         self.session = session if session is not None else _session_for(self.base_url)
         self._app_secret = app_secret or None
+        self.max_bytes = MAX_REQUEST_BYTES
 
     def __repr__(self) -> str:
         return f"GraphClient(base_url={self.base_url!r}, version={self.version!r})"
@@ -162,6 +166,11 @@ class GraphClient:
         # (orjson: 8 ms -> 1 ms per 1,000 events, the dispatcher's largest CPU cost after the
         # database).
         payload = orjson.dumps(body)
+        if len(payload) > self.max_bytes:
+            raise GraphError(
+                f"{len(events)} events make {len(payload)} bytes, over the cap of {self.max_bytes}",
+                too_large=True,
+            )
         status, answer = self._call(
             "POST", f"{_segment(dataset_id, 'dataset_id')}/events", token, payload
         )

@@ -77,6 +77,7 @@ class GraphError(Exception):
         is_transient: bool = False,
         network: bool = False,
         partial: bool = False,
+        too_large: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -90,6 +91,8 @@ class GraphError(Exception):
         self.is_transient = is_transient
         self.network = network
         self.partial = partial
+        # The request body was over waconv's byte cap (never sent) or answered 413.
+        self.too_large = too_large or http_status == 413
 
     @classmethod
     def from_response(cls, status: int, body: Mapping[str, Any] | None, text: str) -> GraphError:
@@ -270,6 +273,13 @@ CLASSIFICATION: tuple[Rule, ...] = (
         lambda e, w, again: (
             f"{e.message}; waconv sends the same events again with the same event_id"
         ),
+    ),
+    # Over the byte cap, or a 413: a smaller request goes through; split, never pause.
+    Rule(
+        "too-large",
+        lambda e: e.too_large,
+        INVALID,
+        lambda e, w, again: f"the request was too large ({e.message}); waconv splits the batch",
     ),
     # 4, 17, 32, 341, 613, 80000-80099: throttled; back off, the content is fine.
     Rule(
