@@ -128,6 +128,18 @@ def test_a_gateway_4xx_fails_the_batch_there_unsplit_and_graph_is_not_resent(
     gateway = view["destinations"]["gateway"]
     assert gateway["status"] == "failed"
     assert "dataset not configured" in gateway["last_error"]
+    # Both requests are in the request log, the Gateway's with its words.
+    logged = app.test_client().get(
+        "/admin/requests", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    items = logged.get_json()["items"]
+    assert sorted((i["destination"], i["http_status"], i["events"]) for i in items) == [
+        ("gateway", 400, 3),
+        ("graph", 200, 3),
+    ]
+    [refused] = [i for i in items if i["destination"] == "gateway"]
+    assert "dataset not configured" in refused["error_message"]
+    assert refused["bytes"] > 0
 
 
 @pytest.mark.parametrize("fault", [429, 503, None], ids=["429", "503", "network"])

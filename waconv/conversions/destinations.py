@@ -7,10 +7,13 @@ words for the operator. The dispatcher knows nothing else about a destination.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from waconv.clock import utcnow
 from waconv.gateway.client import GatewayError
 from waconv.graph.errors import Disposition, GraphError, classify, operator_message
 
@@ -54,6 +57,23 @@ class Routing:
         return (GRAPH, GATEWAY) if to_gateway else (GRAPH,)
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """What one request was and what came back, for the request log."""
+
+    at: datetime  # when it was sent
+    bytes: int = 0
+    duration_ms: int = 0
+    http_status: int | None = None  # None: no answer
+    events_received: int | None = None
+    fbtrace_id: str | None = None
+    messages: list[Any] = field(default_factory=list)
+
+
+def _since(start: float) -> int:
+    return int((time.perf_counter() - start) * 1000)
+
+
 class Refusal(Exception):
     """A destination did not take a batch: what to do with it, and why, for the operator."""
 
@@ -69,8 +89,10 @@ class Refusal(Exception):
         title: str | None = None,
         message: str | None = None,
         fbtrace_id: str | None = None,
+        receipt: Receipt | None = None,
     ) -> None:
         super().__init__(sentence)
+        self.receipt = receipt  # the request, when one was made
         self.destination = destination
         self.disposition = disposition
         self.sentence = sentence
@@ -96,7 +118,7 @@ class Refusal(Exception):
 class Destination(Protocol):
     name: str
 
-    def send(self, creds: Credentials, events: Sequence[Mapping[str, Any]]) -> None:
+    def send(self, creds: Credentials, events: Sequence[Mapping[str, Any]]) -> Receipt:
         """Deliver ``events``; raises :class:`Refusal` unless every one was accepted."""
 
 
@@ -107,10 +129,11 @@ class GraphDestination:
         self.graph = graph
         self.test_event_code = test_event_code or None
 
-    def send(self, creds: Credentials, events: Sequence[Mapping[str, Any]]) -> None:
+    def send(self, creds: Credentials, events: Sequence[Mapping[str, Any]]) -> Receipt:
         assert creds.token is not None and creds.dataset_id is not None
+        at, start = utcnow(), time.perf_counter()
         try:
-            self.graph.send_events(
+            result = self.graph.send_events(
                 creds.dataset_id,
                 creds.token,
                 events,
@@ -118,6 +141,14 @@ class GraphDestination:
                 test_event_code=self.test_event_code,
             )
         except GraphError as err:
+            receipt = Receipt(
+                at,
+                err.request_bytes,
+                _since(start),
+                err.http_status,
+                err.events_received,
+                err.fbtrace_id,
+            )
             raise Refusal(
                 GRAPH,
                 classify(err),
@@ -128,7 +159,17 @@ class GraphDestination:
                 title=err.user_title or err.type,
                 message=err.user_msg or err.message,
                 fbtrace_id=err.fbtrace_id,
+                receipt=receipt if err.request_bytes else None,
             ) from None
+        return Receipt(
+            at,
+            result.bytes,
+            _since(start),
+            result.http_status,
+            result.events_received,
+            result.fbtrace_id,
+            result.messages,
+        )
 
 
 def gateway_disposition(err: GatewayError) -> Disposition:
@@ -160,15 +201,21 @@ class GatewayDestination:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def send(self, creds: Credentials, events: Sequence[Mapping[str, Any]]) -> None:
+    def send(self, creds: Credentials, events: Sequence[Mapping[str, Any]]) -> Receipt:
         assert creds.gateway_url and creds.gateway_key and creds.dataset_id
         client = self.services.gateway(creds.gateway_url)
+        at, start = utcnow(), time.perf_counter()
         try:
-            client.send_events(creds.dataset_id, creds.gateway_key, events)
+            status, size = client.send_events(creds.dataset_id, creds.gateway_key, events)
         except GatewayError as err:
+            sent = err.request_bytes and not (err.too_large and err.http_status is None)
             raise Refusal(
                 GATEWAY,
                 gateway_disposition(err),
                 gateway_sentence(err, creds.waba_id),
                 message=err.message,
+                receipt=Receipt(at, err.request_bytes, _since(start), err.http_status)
+                if sent
+                else None,
             ) from None
+        return Receipt(at, size, _since(start), status)

@@ -71,6 +71,7 @@ from waconv.conversions.destinations import (
     Destination,
     GatewayDestination,
     GraphDestination,
+    Receipt,
     Refusal,
     Routing,
 )
@@ -85,6 +86,7 @@ from waconv.conversions.queue import (
     lease_free,
     rowcount,
 )
+from waconv.conversions.requestlog import RequestRecord, record_request
 from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition
@@ -917,7 +919,44 @@ class Dispatcher:
         """The request alone: no database, no shared state. Raises Refusal unless the
         destination took every event."""
         assert claimed.destination is not None
-        claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
+        try:
+            receipt = claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
+        except Refusal as err:
+            if err.receipt is not None:  # a request was made (not one refused before sending)
+                self._log_request(creds, claimed, rows, err.receipt, err)
+            raise
+        self._log_request(creds, claimed, rows, receipt, None)
+
+    def _log_request(
+        self,
+        creds: Credentials,
+        claimed: Claimed,
+        rows: Sequence[Row],
+        receipt: Receipt,
+        err: Refusal | None,
+    ) -> None:
+        """Record the request in the request log (best effort: the outcome matters more)."""
+        assert claimed.destination is not None
+        record = RequestRecord(
+            at=receipt.at,
+            waba_id=creds.waba_id,
+            destination=claimed.destination.name,
+            events=len(rows),
+            bytes=receipt.bytes,
+            duration_ms=receipt.duration_ms,
+            http_status=receipt.http_status,
+            events_received=receipt.events_received,
+            fbtrace_id=receipt.fbtrace_id,
+            messages=receipt.messages or None,
+            error_code=err.code if err else None,
+            error_subcode=err.subcode if err else None,
+            error_message=err.message if err else None,
+        )
+        try:
+            with self.db.transaction() as session:
+                record_request(session, record, [r.id for r in rows])
+        except Exception:
+            log.exception("dispatcher.request_log_failed waba_id=%s", creds.waba_id)
 
     def _record_accepted(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
         """The destination took ``rows``: count the request and mark them sent; how many

@@ -34,6 +34,7 @@ class GatewayError(Exception):
         self.http_status = http_status
         # Over the byte cap (never sent) or answered 413: a smaller request goes through.
         self.too_large = too_large or http_status == 413
+        self.request_bytes = 0  # of the request's body, for the request log
 
     @property
     def network(self) -> bool:
@@ -87,8 +88,9 @@ class GatewayClient:
 
     def send_events(
         self, dataset_id: str, access_key: str, events: Sequence[Mapping[str, Any]]
-    ) -> int:
-        """Post ``events``; the HTTP status when the Gateway accepted them, else GatewayError."""
+    ) -> tuple[int, int]:
+        """Post ``events``; the HTTP status and the body's bytes when the Gateway accepted them,
+        else GatewayError."""
         if not events:
             raise ValueError("no events to send")
         if len(events) > MAX_EVENTS:
@@ -97,9 +99,16 @@ class GatewayClient:
             raise ValueError("the Gateway access key is empty")
         url = f"{self.base_url}/capi/{quote(str(dataset_id), safe='')}/events"
         payload = orjson.dumps({"accessKey": access_key, "data": events})
+        try:
+            return self._post(url, payload, access_key, len(events)), len(payload)
+        except GatewayError as err:
+            err.request_bytes = len(payload)
+            raise
+
+    def _post(self, url: str, payload: bytes, access_key: str, count: int) -> int:
         if len(payload) > self.max_bytes:
             raise GatewayError(
-                f"{len(events)} events make {len(payload)} bytes, over the cap of {self.max_bytes}",
+                f"{count} events make {len(payload)} bytes, over the cap of {self.max_bytes}",
                 too_large=True,
             )
         try:

@@ -42,6 +42,8 @@ class EventsResult:
     events_received: int
     messages: list[Any] = field(default_factory=list)
     fbtrace_id: str | None = None
+    http_status: int = 200
+    bytes: int = 0  # of the request body
 
 
 def appsecret_proof(app_secret: str, token: str) -> str:
@@ -171,25 +173,34 @@ class GraphClient:
                 f"{len(events)} events make {len(payload)} bytes, over the cap of {self.max_bytes}",
                 too_large=True,
             )
-        status, answer = self._call(
-            "POST", f"{_segment(dataset_id, 'dataset_id')}/events", token, payload
-        )
+        try:
+            status, answer = self._call(
+                "POST", f"{_segment(dataset_id, 'dataset_id')}/events", token, payload
+            )
+        except GraphError as err:
+            err.request_bytes = len(payload)
+            raise
         received = answer.get("events_received")
         fbtrace_id = answer.get("fbtrace_id")
         fbtrace = str(fbtrace_id) if fbtrace_id else None
         if not isinstance(received, int) or isinstance(received, bool) or received != len(events):
-            raise GraphError(
+            partial = GraphError(
                 f"Meta acknowledged {received if isinstance(received, int) else 0} "
                 f"of {len(events)} events",
                 http_status=status,
                 fbtrace_id=fbtrace,
                 partial=True,
             )
+            partial.request_bytes = len(payload)
+            partial.events_received = received if isinstance(received, int) else None
+            raise partial
         messages = answer.get("messages")
         return EventsResult(
             events_received=received,
             messages=list(messages) if isinstance(messages, list) else [],
             fbtrace_id=fbtrace,
+            http_status=status,
+            bytes=len(payload),
         )
 
     def create_dataset(self, waba_id: str, token: str, name: str | None = None) -> str:

@@ -93,6 +93,9 @@ class GraphError(Exception):
         self.partial = partial
         # The request body was over waconv's byte cap (never sent) or answered 413.
         self.too_large = too_large or http_status == 413
+        # Of an events request, for the request log: its body's size, Meta's receipt.
+        self.request_bytes = 0
+        self.events_received: int | None = None
 
     @classmethod
     def from_response(cls, status: int, body: Mapping[str, Any] | None, text: str) -> GraphError:
