@@ -154,9 +154,12 @@ def meta_events(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class FakeProcess:
+    def __init__(self, module: str = "bench.fakegraph") -> None:
+        self.module = module  # bench.fakegateway: the Gateway contender's
+
     def __enter__(self) -> FakeProcess:
         self.proc = subprocess.Popen(
-            [common.PYTHON, "-m", "bench.fakegraph"],
+            [common.PYTHON, "-m", self.module],
             cwd=common.REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -166,6 +169,7 @@ class FakeProcess:
         hello = json.loads(self.proc.stdout.readline())
         self.url: str = hello["url"]
         self.dataset_id: str = hello["dataset_id"]
+        self.access_key: str = hello.get("access_key", "")
         return self
 
     def cpu(self) -> float:
@@ -372,7 +376,10 @@ def run_sdk(rows: list[dict[str, Any]], rnd: int) -> DispatchRun:
         return _finish(meter.run("sdk", "-", rnd, len(rows)), fake)
 
 
-def run_waconv(rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path) -> DispatchRun:
+def run_waconv(
+    rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path, *, gateway: bool = False
+) -> DispatchRun:
+    """``gateway``: the account sends to a Conversions API Gateway (a loopback fake) instead."""
     from waconv.config import load_settings
     from waconv.conversions.dispatcher import Dispatcher
     from waconv.models import Conversion
@@ -380,10 +387,18 @@ def run_waconv(rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path
 
     url = common.fresh_database(backend, workdir, "dispatch-waconv")
     common.migrate(url)
-    with FakeProcess() as fake:
+    with FakeProcess("bench.fakegateway" if gateway else "bench.fakegraph") as fake:
+        routing = {}
+        if gateway:
+            routing = {
+                "destination": "gateway",
+                "gateway_url": fake.url,
+                "gateway_access_key": fake.access_key,
+            }
         settings = load_settings(
             environ={},
             overrides={
+                **routing,
                 "database_url": url,
                 "access_token": common.GRAPH_TOKEN,
                 "waba_id": WABA_ID,
@@ -409,7 +424,8 @@ def run_waconv(rows: list[dict[str, Any]], backend: str, rnd: int, workdir: Path
                 )
         finally:
             services.close()
-        run = meter.run("waconv", backend, rnd, len(rows), db_sent=sent)
+        contender = "waconv-gateway" if gateway else "waconv"
+        run = meter.run(contender, backend, rnd, len(rows), db_sent=sent)
         if stats.sent != len(rows):
             run.note = f"dispatcher reported {stats.sent} sent"
         return _finish(run, fake)
@@ -539,6 +555,7 @@ def run(*, events: int, rounds: int, backends: list[str], workdir: Path) -> Disp
         results.runs.append(run_sdk(rows, rnd))
         for backend in active:
             results.runs.append(run_waconv(rows, backend, rnd, workdir))
+            results.runs.append(run_waconv(rows, backend, rnd, workdir, gateway=True))
         results.runs.append(run_floor(rows, rnd, workdir))
     return results
 

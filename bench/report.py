@@ -177,13 +177,18 @@ def _dispatch_section(dispatch: dict[str, Any], cores: int) -> list[str]:
         "Purchase, 30 % InitiateCheckout with contents) to a fresh loopback FakeGraph process per "
         f"contender, batches of 1,000; {results.rounds} round(s), contenders alternating; the "
         "median round is reported. Every run was checked: the fake accepted every event exactly "
-        "once (and, for waconv, every outbox row is `sent`).",
+        "once (and, for waconv, every outbox row is `sent`). `waconv-gateway`: the same "
+        "outbox, its account sending to a Conversions API Gateway (a loopback FakeGateway "
+        "process) instead of Graph: per-destination delivery rows, no pipelining.",
         "",
         "| contender | database | median events/s | rounds (events/s) | all verified |",
         "|---|---|---:|---|---|",
     ]
     keys = [("plain", "-"), ("sdk", "-")] + [
-        ("waconv", b) for b in ("sqlite", "postgresql") if b not in results.skipped
+        (contender, b)
+        for contender in ("waconv", "waconv-gateway")
+        for b in ("sqlite", "postgresql")
+        if b not in results.skipped
     ]
     keys.append(("floor", "sqlite"))
     for contender, backend in keys:

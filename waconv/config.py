@@ -35,7 +35,11 @@ MAX_LEASE_SECONDS = 60  # the contract: leased events of a dead dispatcher due w
 # would stretch a lease past 60 s, and a dead dispatcher's events would wait longer.
 LEASE_SLACK_SECONDS = 5
 MAX_GRAPH_TIMEOUT_SECONDS = MAX_LEASE_SECONDS - LEASE_SLACK_SECONDS
+# Requests one dispatcher keeps in flight at most (each HTTP client pools this many
+# connections per host).
+MAX_DISPATCH_CONCURRENCY = 64
 WEBHOOK_PROCESSING_MODES = ("background", "inline")
+DESTINATIONS = ("graph", "gateway", "both")
 
 
 class ConfigError(ValueError):
@@ -86,6 +90,14 @@ class Settings:
     send_customer_info: bool = False
     # The region of phone numbers written without a country code (ISO 3166-1 alpha-2, e.g. US).
     default_phone_region: str = ""
+    # Requests one dispatcher keeps in flight, each for a different account.
+    dispatch_concurrency: int = 16
+    # Where accounts without a destination of their own send (waconv.conversions.destinations).
+    destination: str = "graph"
+    gateway_url: str = ""
+    gateway_access_key: str = field(default="", repr=False)
+    # Comma-separated event names; when set, only these go to the Gateway.
+    gateway_events: str = ""
     # Where the secrets came from, for the start-up banner; never the values.
     dev_secrets: tuple[str, ...] = field(default=())
 
@@ -109,6 +121,7 @@ SECRET_FIELDS = frozenset(
         "admin_token",
         "shopify_secret",
         "connector_secret",
+        "gateway_access_key",
     }
 )
 
@@ -142,6 +155,11 @@ _ENV: dict[str, tuple[str, type]] = {
     "WACONV_CONNECTOR_SECRET": ("connector_secret", str),
     "WACONV_SEND_CUSTOMER_INFO": ("send_customer_info", bool),
     "WACONV_DEFAULT_PHONE_REGION": ("default_phone_region", str),
+    "WACONV_DISPATCH_CONCURRENCY": ("dispatch_concurrency", int),
+    "WACONV_DESTINATION": ("destination", str),
+    "WACONV_GATEWAY_URL": ("gateway_url", str),
+    "WACONV_GATEWAY_ACCESS_KEY": ("gateway_access_key", str),
+    "WACONV_GATEWAY_EVENTS": ("gateway_events", str),
 }
 _FIELD_TO_ENV = {name: var for var, (name, _) in _ENV.items()}
 
@@ -225,6 +243,17 @@ def validate(s: Settings) -> None:
         )
     if s.retention_days < 1:
         raise ConfigError("WACONV_RETENTION_DAYS must be at least 1")
+    if not 1 <= s.dispatch_concurrency <= MAX_DISPATCH_CONCURRENCY:
+        raise ConfigError(
+            f"WACONV_DISPATCH_CONCURRENCY must be between 1 and {MAX_DISPATCH_CONCURRENCY}"
+        )
+    if s.destination not in DESTINATIONS:
+        raise ConfigError(
+            f"WACONV_DESTINATION must be graph, gateway or both, not {s.destination!r}"
+        )
+    if s.gateway_url and not s.gateway_url.startswith(("http://", "https://")):
+        raise ConfigError("WACONV_GATEWAY_URL must start with http:// or https://")
+    event_names(s.gateway_events, "WACONV_GATEWAY_EVENTS")
     for name in ("waba_id", "phone_number_id", "dataset_id"):
         value = getattr(s, name)
         if value and not value.isdigit():
@@ -248,6 +277,22 @@ def _validate_connectors(s: Settings) -> None:
                 "WACONV_DEFAULT_PHONE_REGION must be a two-letter region such as US or BR, "
                 f"not {s.default_phone_region!r}"
             )
+
+
+def event_names(text: str | None, where: str) -> frozenset[str] | None:
+    """``A,B`` as a set of business-messaging event names; None when ``text`` is empty."""
+    from waconv.conversions.events import EVENT_NAMES
+
+    if not text or not text.strip():
+        return None
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(names - set(EVENT_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"{where} names unknown events: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(EVENT_NAMES))})"
+        )
+    return names
 
 
 def require(s: Settings, *names: str) -> None:

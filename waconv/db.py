@@ -102,6 +102,9 @@ def _sqlite_pragmas(autocheckpoint: int, dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+SQLITE_OVERFLOW = 10  # SQLAlchemy's default for a file database's pool
+
+
 def _sqlite_begin(conn: Any) -> None:
     # BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
     # writes fails at once with SQLITE_BUSY when another process wrote meanwhile.
@@ -109,20 +112,29 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def make_engine(
-    url: str, *, pool_size: int = 5, autocheckpoint: int = SQLITE_AUTOCHECKPOINT_PAGES
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int | None = None,
+    autocheckpoint: int = SQLITE_AUTOCHECKPOINT_PAGES,
 ) -> Engine:
+    """``max_overflow``: connections opened beyond ``pool_size`` when threads need them (a
+    dispatcher's concurrent account turns); ``pool_size`` by default."""
+    overflow = pool_size if max_overflow is None else max_overflow
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(
+            url, connect_args={"timeout": 30}, max_overflow=max(SQLITE_OVERFLOW, overflow)
+        )
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, autocheckpoint))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=overflow,
         # No pre-ping: it added a SELECT 1 round trip to every webhook request (measured
         # 561 -> 836 req/s without it). A connection broken by a database restart fails once,
         # the pool is invalidated, and Meta redelivers what got a 500.
@@ -209,10 +221,13 @@ class Database:
         url: str,
         *,
         pool_size: int = 5,
+        max_overflow: int | None = None,
         autocheckpoint: int = SQLITE_AUTOCHECKPOINT_PAGES,
     ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size, autocheckpoint=autocheckpoint)
+        self.engine = make_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, autocheckpoint=autocheckpoint
+        )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         path = self.engine.url.database if self.dialect == "sqlite" else None
         self.writers = _writer_queue(path) if path and path != ":memory:" else None

@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from waconv.clock import utcnow
 from waconv.db import Base, BigId, JsonDoc, UTCDateTime
@@ -63,6 +63,13 @@ class Account(Base):
     # at a time: its events need no lease of their own, see waconv.conversions.dispatcher).
     dispatch_token: Mapped[str | None] = mapped_column(String(64))
     dispatch_leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # graph | gateway | both; None means "the WACONV_DESTINATION default".
+    destination: Mapped[str | None] = mapped_column(String(16))
+    gateway_url: Mapped[str | None] = mapped_column(Text)
+    # Fernet, like the access token; never the raw key.
+    gateway_key_encrypted: Mapped[str | None] = mapped_column(Text)
+    # Comma-separated event names that go to the Gateway; None: WACONV_GATEWAY_EVENTS.
+    gateway_events: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -310,6 +317,34 @@ class Conversion(Base):
     last_error_fbtrace_id: Mapped[str | None] = mapped_column(String(128))
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Per destination, for accounts that send to more than Graph (read-only: the dispatcher
+    # writes them with Core).
+    deliveries: Mapped[list[ConversionDelivery]] = relationship(
+        lazy="selectin", viewonly=True, order_by="ConversionDelivery.destination"
+    )
+
+
+class ConversionDelivery(Base):
+    """One conversion at one destination, for accounts that send to more than the Graph API
+    (an account sending to Graph alone keeps this state on the conversion itself)."""
+
+    __tablename__ = "conversion_deliveries"
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    conversion_id: Mapped[int] = mapped_column(
+        ForeignKey("conversions.id", ondelete="CASCADE"), primary_key=True
+    )
+    destination: Mapped[str] = mapped_column(String(16), primary_key=True)  # graph | gateway
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

@@ -42,6 +42,7 @@ ITEM_KEYS = {
     "rule_name",
     "order_id",
     "custom_data",
+    "destinations",
 }
 
 
@@ -124,6 +125,13 @@ def test_items_carry_the_outbox_state(admin: Admin, services: Services, clicked:
         "last_error": "Meta refused the event: invalid ctwa_clid",
         "last_error_code": 100,
         "last_error_subcode": 2804050,
+        "destinations": {
+            "graph": {
+                "status": "failed",
+                "attempts": 3,
+                "last_error": "Meta refused the event: invalid ctwa_clid",
+            }
+        },
     }
     assert item["event_time"] == "2025-06-20T12:00:00Z"
     assert item["created_at"] == "2025-06-20T12:00:00Z"

@@ -19,7 +19,8 @@ from tests.dispatch.helpers import (
     status_counts,
 )
 from waconv.accounts import registry
-from waconv.conversions.dispatcher import Dispatcher, Row
+from waconv.conversions.dispatcher import Dispatcher
+from waconv.conversions.queue import Row
 from waconv.graph.client import GraphClient
 from waconv.graph.fake import FakeGraph
 from waconv.models import Account, Conversion

@@ -25,9 +25,10 @@ from tests.dispatch.helpers import (
 )
 from waconv.accounts import registry
 from waconv.clock import utcnow
+from waconv.conversions.destinations import GRAPH, Refusal
 from waconv.conversions.dispatcher import LEASE, Claimed, Dispatcher, DispatchStats
 from waconv.graph.client import GraphClient
-from waconv.graph.errors import GraphError
+from waconv.graph.errors import Disposition
 from waconv.graph.fake import FakeGraph
 from waconv.models import Conversion
 from waconv.services import Services
@@ -87,12 +88,13 @@ def test_claimed_events_of_a_dead_dispatcher_go_again_after_the_lease(
     # The dead dispatcher comes back and finishes its work late: nothing changes.
     counted = sent_counter()
     creds = credentials(ready)
-    err = GraphError("late", http_status=500)
+    err = Refusal(GRAPH, Disposition.RETRY, "late")
     assert dead._record_sent(claimed.rows, creds) == 0
-    assert dead._record_failed(claimed.rows, err, creds) == 0
-    assert dead._record_retry(claimed.rows, err, creds) == (0, 0)
+    assert dead._record_failed(claimed, claimed.rows, err) == 0
+    assert dead._record_retry(claimed, claimed.rows, err) == (0, 0)
     late = DispatchStats()
-    dead._record_account_problem(claimed, GraphError("late", code=190), creds, late)
+    token = Refusal(GRAPH, Disposition.ACCOUNT, "late", code=190, code_label="190")
+    dead._record_account_problem(claimed, token, creds, late)
     assert late.held == 0
     # Nor does it send them again: its lease is gone.
     assert dead._deliver(creds, claimed, claimed.rows, late)

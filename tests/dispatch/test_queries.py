@@ -8,11 +8,7 @@ import pytest
 from tests.conftest import WABA_ID
 from tests.dispatch.helpers import enqueue_many
 from waconv.clock import utcnow
-from waconv.conversions.dispatcher import (
-    _CLAIM_STATEMENTS,
-    _SENT_STATEMENTS,
-    _id_list,
-)
+from waconv.conversions.queue import CLAIM_STATEMENTS, SENT_STATEMENTS, id_list
 from waconv.db import time_binder
 from waconv.services import Services
 
@@ -44,7 +40,7 @@ def test_the_claim_reads_the_partial_due_index_on_sqlite(ready: Services, after:
     }
     if not after:
         del parameters["after_due"], parameters["after_id"]
-    plan = _plan(ready, _CLAIM_STATEMENTS["sqlite", after], parameters)
+    plan = _plan(ready, CLAIM_STATEMENTS["sqlite", after], parameters)
     assert "USING INDEX ix_conversions_account_due" in plan, plan
 
 
@@ -55,7 +51,7 @@ def test_marking_sent_looks_the_batch_up_by_id(ready: Services) -> None:
     parameters = {
         "now": time_binder(ready.db.engine.dialect)(utcnow()),
         "dataset_id": "1",
-        "ids": _id_list([1, 2, 3], ready.db.dialect),
+        "ids": id_list([1, 2, 3], ready.db.dialect),
     }
-    plan = _plan(ready, _SENT_STATEMENTS[ready.db.dialect], parameters)
+    plan = _plan(ready, SENT_STATEMENTS[ready.db.dialect], parameters)
     assert "ix_conversions_due" not in plan and "ix_conversions_account_due" not in plan, plan

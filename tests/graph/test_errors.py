@@ -108,7 +108,7 @@ def test_classify_table(err: GraphError, expected: Disposition) -> None:
 def test_the_table_ends_with_a_catch_all() -> None:
     assert CLASSIFICATION[-1].applies(GraphError("anything"))
     assert len({rule.name for rule in CLASSIFICATION}) == len(CLASSIFICATION)
-    assert matching_rule(meta(400, 100, 2804087)).name == "invalid-parameter"
+    assert matching_rule(meta(400, 100, 2804087)).name == "invalid-ctwa-clid"
 
 
 def test_from_response_parses_meta_envelope() -> None:

@@ -15,6 +15,7 @@ from waconv.accounts import service
 from waconv.accounts.service import AccountView
 from waconv.cli import fail_cleanly, services_scope
 from waconv.clock import isoformat
+from waconv.config import DESTINATIONS
 
 WABA_HELP = "WhatsApp Business Account id (default WACONV_WABA_ID)."
 ARGV_WARNING = (
@@ -176,6 +177,24 @@ def accounts_set_token(waba_id: str | None, token_stdin: bool, argv_token: str |
 @click.option("--ldu/--no-ldu", default=None, help="Limited Data Use for this account's events.")
 @click.option("--ldu-country", type=click.IntRange(min=0), default=None, help="e.g. 1 (USA).")
 @click.option("--ldu-state", type=click.IntRange(min=0), default=None, help="e.g. 1000 (CA).")
+@click.option(
+    "--destination",
+    type=click.Choice(DESTINATIONS),
+    default=None,
+    help="Where the account's events go: the Graph API, a Conversions API Gateway, or both.",
+)
+@click.option("--gateway-url", default=None, metavar="URL", help="The Gateway's endpoint URL.")
+@click.option(
+    "--gateway-key-stdin",
+    is_flag=True,
+    help="Read the Gateway's access key from standard input (stored encrypted).",
+)
+@click.option(
+    "--gateway-events",
+    default=None,
+    metavar="A,B",
+    help="Only these events go to the Gateway, the others to Graph; an empty string clears it.",
+)
 @fail_cleanly
 def accounts_set(
     waba_id: str | None,
@@ -184,13 +203,20 @@ def accounts_set(
     ldu: bool | None,
     ldu_country: int | None,
     ldu_state: int | None,
+    destination: str | None,
+    gateway_url: str | None,
+    gateway_key_stdin: bool,
+    gateway_events: str | None,
 ) -> None:
-    """Change an account's dataset, partner agent or Limited Data Use settings."""
-    if all(v is None for v in (dataset_id, partner_agent, ldu, ldu_country, ldu_state)):
+    """Change an account's dataset, partner agent, Limited Data Use or destination settings."""
+    changes = (dataset_id, partner_agent, ldu, ldu_country, ldu_state, destination, gateway_url)
+    if all(v is None for v in changes) and gateway_events is None and not gateway_key_stdin:
         raise click.UsageError(
             "nothing to change: give --dataset-id, --partner-agent, --ldu/--no-ldu, "
-            "--ldu-country or --ldu-state"
+            "--ldu-country, --ldu-state, --destination, --gateway-url, --gateway-key-stdin "
+            "or --gateway-events"
         )
+    gateway_key = sys.stdin.read() if gateway_key_stdin else None
     with services_scope() as services:
         waba = service.resolve_waba_id(services, waba_id)
         view = service.update_account(
@@ -201,5 +227,9 @@ def accounts_set(
             ldu=ldu,
             ldu_country=ldu_country,
             ldu_state=ldu_state,
+            destination=destination,
+            gateway_url=gateway_url,
+            gateway_key=gateway_key,
+            gateway_events=gateway_events,
         )
     click.echo(json.dumps(view.to_json(), indent=2))

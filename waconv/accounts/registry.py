@@ -7,7 +7,7 @@ call Meta and own their transactions live in :mod:`waconv.accounts.service`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from waconv.accounts.crypto import TokenCipher
 from waconv.clock import utcnow
-from waconv.config import ConfigError, Settings
+from waconv.config import ConfigError, Settings, event_names
+from waconv.conversions.destinations import Routing
 from waconv.db import insert_or_ignore
 from waconv.models import Account, Conversion
 
@@ -51,6 +52,9 @@ class Credentials:
     ldu: bool
     ldu_country: int
     ldu_state: int
+    routing: Routing = field(default_factory=Routing)
+    gateway_url: str | None = None
+    gateway_key: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -123,6 +127,25 @@ def dataset_for(account: Account, settings: Settings) -> str | None:
     return None
 
 
+def routing_for(account: Account, settings: Settings) -> Routing:
+    """The account's destination and Gateway event filter, else the WACONV_* defaults."""
+    events = account.gateway_events if account.gateway_events is not None else None
+    return Routing(
+        destination=account.destination or settings.destination,
+        gateway_events=event_names(
+            events if events is not None else settings.gateway_events, "the Gateway events"
+        ),
+    )
+
+
+def gateway_key_for(account: Account, settings: Settings) -> str | None:
+    """The account's own Gateway key, else WACONV_GATEWAY_ACCESS_KEY. Raises ConfigError when
+    the stored key cannot be decrypted."""
+    if account.gateway_key_encrypted:
+        return TokenCipher(settings.secret_key).decrypt(account.gateway_key_encrypted)
+    return settings.gateway_access_key or None
+
+
 @dataclass(frozen=True)
 class Ldu:
     """An account's Limited Data Use setting, its own or the WACONV_LDU* default."""
@@ -146,6 +169,7 @@ def credentials(account: Account, settings: Settings) -> Credentials:
     """What the dispatcher sends with. Raises ConfigError when the account's own token cannot
     be decrypted (the dispatcher then holds that account's events, with the reason)."""
     ldu = ldu_of(account, settings)
+    routing = routing_for(account, settings)
     return Credentials(
         waba_id=account.waba_id,
         token=token_for(account, settings),
@@ -154,6 +178,11 @@ def credentials(account: Account, settings: Settings) -> Credentials:
         ldu=ldu.ldu,
         ldu_country=ldu.country,
         ldu_state=ldu.state,
+        routing=routing,
+        gateway_url=(account.gateway_url or settings.gateway_url or None)
+        if routing.uses_gateway
+        else None,
+        gateway_key=gateway_key_for(account, settings) if routing.uses_gateway else None,
     )
 
 

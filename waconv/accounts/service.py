@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from waconv.accounts import registry
+from waconv.accounts.crypto import TokenCipher
 from waconv.clock import isoformat
-from waconv.config import ConfigError
+from waconv.config import DESTINATIONS, ConfigError, event_names
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import GraphError, operator_message
 from waconv.models import META_ID, Account
@@ -73,6 +74,10 @@ class AccountView:
     ldu: bool | None
     ldu_country: int | None
     ldu_state: int | None
+    destination: str = "graph"
+    gateway_url: str | None = None
+    gateway_key: bool = False  # whether one is set (own or WACONV_GATEWAY_ACCESS_KEY)
+    gateway_events: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +93,10 @@ class AccountView:
             "ldu": self.ldu,
             "ldu_country": self.ldu_country,
             "ldu_state": self.ldu_state,
+            "destination": self.destination,
+            "gateway_url": self.gateway_url,
+            "gateway_key": "set" if self.gateway_key else "unset",
+            "gateway_events": self.gateway_events,
         }
 
 
@@ -111,19 +120,19 @@ def resolve_waba_id(services: Services, waba_id: str | None) -> str:
     raise AccountError("no WhatsApp Business Account given: pass --waba-id or set WACONV_WABA_ID")
 
 
-def clean_token(token: str) -> str:
+def clean_token(token: str, *, what: str = "the access token") -> str:
     """The token as pasted, without its surrounding whitespace; refused when it cannot be one.
 
     The messages never repeat the value.
     """
     text = token.strip()
     if not text:
-        raise AccountError("the access token is empty")
+        raise AccountError(f"{what} is empty")
     if len(text) > MAX_TOKEN_LENGTH:
-        raise AccountError(f"the access token is longer than {MAX_TOKEN_LENGTH} characters")
+        raise AccountError(f"{what} is longer than {MAX_TOKEN_LENGTH} characters")
     if not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
         raise AccountError(
-            "the access token contains spaces or non-printable characters; paste it as one line"
+            f"{what} contains spaces or non-printable characters; paste it as one line"
         )
     return text
 
@@ -157,8 +166,10 @@ def provision_dataset(
     *,
     name: str | None = None,
     graph: GraphClient | None = None,
+    retried: bool = False,
 ) -> Provisioned:
-    """Get-or-create the WABA's dataset at Meta (``POST /{waba_id}/dataset``) and store it."""
+    """Get-or-create the WABA's dataset at Meta (``POST /{waba_id}/dataset``) and store it.
+    ``retried``: the caller tries again by itself (the dispatcher), as the error then says."""
     if name is not None and (not name.strip() or len(name) > MAX_DATASET_NAME_LENGTH):
         raise AccountError(f"the dataset name must be 1 to {MAX_DATASET_NAME_LENGTH} characters")
     token = _call_token(services, waba_id)
@@ -169,7 +180,7 @@ def provision_dataset(
         # Not logged: the caller shows it (the CLI's one line on stderr).
         raise AccountError(
             operator_message(
-                err, waba_id=waba_id, action="get or create the dataset", retried=False
+                err, waba_id=waba_id, action="get or create the dataset", retried=retried
             )
         ) from None
     with services.db.transaction() as session:
@@ -234,12 +245,47 @@ def update_account(
     ldu: bool | None = None,
     ldu_country: int | None = None,
     ldu_state: int | None = None,
+    destination: str | None = None,
+    gateway_url: str | None = None,
+    gateway_key: str | None = None,
+    gateway_events: str | None = None,
 ) -> AccountView:
-    """Change the given settings of one account (None: leave as is; partner_agent "" clears)."""
+    """Change the given settings of one account (None: leave as is; partner_agent "" and
+    gateway_events "" clear)."""
     if dataset_id is not None:
         dataset_id = meta_id(dataset_id, "the dataset id")
+    if destination is not None and destination not in DESTINATIONS:
+        raise AccountError(f"the destination must be graph, gateway or both, not {destination!r}")
+    if gateway_url is not None:
+        gateway_url = gateway_url.strip()
+        if not gateway_url.startswith(("http://", "https://")):
+            raise AccountError("the Gateway URL must start with http:// or https://")
+    encrypted_key = None
+    if gateway_key is not None:
+        key = clean_token(gateway_key, what="the Gateway access key")
+        if not services.settings.secret_key:
+            raise AccountError(
+                "WACONV_SECRET_KEY must be set to store a Gateway access key (it encrypts it "
+                "in the database)"
+            )
+        encrypted_key = TokenCipher(services.settings.secret_key).encrypt(key)
+    events = None
+    if gateway_events is not None:
+        try:
+            names = event_names(gateway_events, "--gateway-events")
+        except ConfigError as exc:
+            raise AccountError(str(exc)) from None
+        events = ",".join(sorted(names)) if names else ""
     with services.db.transaction() as session:
         account, _ = registry.register(session, waba_id)
+        if destination is not None:
+            account.destination = destination
+        if gateway_url is not None:
+            account.gateway_url = gateway_url
+        if encrypted_key is not None:
+            account.gateway_key_encrypted = encrypted_key
+        if events is not None:
+            account.gateway_events = events or None
         if partner_agent is not None:
             account.partner_agent = partner_agent.strip() or None
         if ldu is not None:
@@ -265,6 +311,7 @@ def list_accounts(services: Services) -> list[AccountView]:
 def _view(account: Account, services: Services) -> AccountView:
     settings = services.settings
     dataset_id = registry.dataset_for(account, settings)
+    routing = registry.routing_for(account, settings)
     source = None
     if dataset_id:
         source = "account" if account.dataset_id else "env"
@@ -281,6 +328,10 @@ def _view(account: Account, services: Services) -> AccountView:
         ldu=account.ldu,
         ldu_country=account.ldu_country,
         ldu_state=account.ldu_state,
+        destination=routing.destination,
+        gateway_url=account.gateway_url or settings.gateway_url or None,
+        gateway_key=bool(account.gateway_key_encrypted or settings.gateway_access_key),
+        gateway_events=sorted(routing.gateway_events) if routing.gateway_events else None,
     )
 
 

@@ -73,6 +73,7 @@ _CONVERSION = {
         "rule_name",
         "order_id",
         "custom_data",
+        "destinations",
     ],
     "properties": {
         "id": {"type": "integer", "minimum": 1},
@@ -101,6 +102,20 @@ _CONVERSION = {
         "rule_name": _nullable(_STRING),
         "order_id": _nullable(_STRING),
         "custom_data": _nullable({"type": "object"}),
+        "destinations": {
+            "type": "object",
+            "description": "its state at each destination it goes to (graph, gateway): sent "
+            "only when every destination has it, failed when one failed for good",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["status", "attempts", "last_error"],
+                "properties": {
+                    "status": _STATUS,
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "last_error": _nullable(_STRING),
+                },
+            },
+        },
     },
 }
 

@@ -25,7 +25,6 @@ from waconv.clock import from_unix, isoformat, utcnow
 from waconv.config import Settings
 from waconv.conversations import store
 from waconv.conversions import requestlog
-from waconv.conversions.dispatcher import SEND_MARGIN
 from waconv.conversions.events import (
     MAX_EVENT_AGE,
     InvalidConversion,
@@ -36,6 +35,7 @@ from waconv.conversions.events import (
     validate_event_time,
 )
 from waconv.conversions.outbox import enqueue
+from waconv.conversions.schedule import SEND_MARGIN
 from waconv.errors import APIError
 from waconv.models import Account, Conversation, Conversion
 
@@ -653,13 +653,37 @@ def conversion_detail(session: Session, conversion_id: int, settings: Settings) 
 # --- answers ----------------------------------------------------------------------------------
 
 
+def destinations_of(conversion: Conversion) -> tuple[str, dict[str, Any]]:
+    """The conversion's overall status and its state at each destination: ``sent`` only when
+    every destination has it, ``failed`` when one failed for good, else its own status."""
+    if not conversion.deliveries:
+        state = {
+            "status": conversion.status,
+            "attempts": conversion.attempts,
+            "last_error": conversion.last_error,
+        }
+        return conversion.status, {"graph": state}
+    destinations = {
+        d.destination: {"status": d.status, "attempts": d.attempts, "last_error": d.last_error}
+        for d in conversion.deliveries
+    }
+    status = conversion.status
+    if status == Conversion.PENDING and any(
+        d.status == Conversion.FAILED for d in conversion.deliveries
+    ):
+        status = Conversion.FAILED
+    return status, destinations
+
+
 def conversion_to_dict(conversion: Conversion) -> dict[str, Any]:
     """One conversion as the admin API and ``waconv conversions list --json`` show it."""
+    status, destinations = destinations_of(conversion)
     return {
         "id": conversion.id,
         "event_id": conversion.event_id,
         "event_name": conversion.event_name,
-        "status": conversion.status,
+        "status": status,
+        "destinations": destinations,
         "attempts": conversion.attempts,
         "last_error": conversion.last_error,
         "last_error_code": conversion.last_error_code,

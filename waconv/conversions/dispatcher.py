@@ -37,12 +37,16 @@ the ones that aged meanwhile, and a periodic sweep marks them ``expired`` (in ac
 dispatcher holds; one held at a dispatcher's sweep is swept by that dispatcher when it next
 holds it). A dispatcher whose lease ran out (stalled in a long split) sends nothing
 more of that account: another dispatcher owns its events now.
+
+Where events go is a destination's business (waconv.conversions.destinations); an account
+with a Conversions API Gateway has its outcomes recorded per destination (conversion_deliveries)
+and takes the unpipelined ``_routed_turn``. The SQL lives in waconv.conversions.queue, the
+retry schedule in waconv.conversions.schedule.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import threading
 import time
@@ -50,37 +54,47 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
-import orjson
-from sqlalchemy import (
-    BigInteger,
-    Text,
-    and_,
-    any_,
-    bindparam,
-    case,
-    cast,
-    exists,
-    func,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import exists, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from waconv.accounts import registry
 from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
+from waconv.accounts.service import AccountError, provision_dataset
 from waconv.clock import utcnow
 from waconv.config import LEASE_SLACK_SECONDS, ConfigError
-from waconv.conversions.events import MAX_EVENT_AGE, build_meta_event
-from waconv.db import from_driver_time, time_binder
+from waconv.conversions import queue
+from waconv.conversions.destinations import (
+    GATEWAY,
+    GRAPH,
+    Destination,
+    GatewayDestination,
+    GraphDestination,
+    Receipt,
+    Refusal,
+    Routing,
+)
+from waconv.conversions.events import build_meta_event
+from waconv.conversions.queue import (
+    STALE_REASON,
+    UNSETTLED,
+    Row,
+    delivery_in,
+    id_in,
+    is_due,
+    lease_free,
+    rowcount,
+)
+from waconv.conversions.requestlog import RequestRecord, record_request
+from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit
 from waconv.graph.client import GraphClient
-from waconv.graph.errors import Disposition, GraphError, classify, operator_message
+from waconv.graph.errors import Disposition
 from waconv.metrics import CONVERSION_EVENTS, GRAPH_REQUESTS
-from waconv.models import Account, Conversion
+from waconv.models import Account, Conversion, ConversionDelivery
 from waconv.services import Services
+
+__all__ = ["MAX_BACKOFF", "SEND_MARGIN", "Claimed", "DispatchStats", "Dispatcher", "backoff"]
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +105,9 @@ LEASE = timedelta(seconds=60)
 # Before each request the lease must outlast the request timeout by this much, else it is
 # extended first (a long split makes many requests under one claim).
 LEASE_SLACK = timedelta(seconds=LEASE_SLACK_SECONDS)
-MAX_BACKOFF = timedelta(minutes=15)
 # A WABA whose dataset could not be created automatically is tried again this often (a
 # transient Graph failure must not hold its events until an operator steps in).
 PROVISION_RETRY = timedelta(hours=1)
-JITTER = 0.2  # ±20 % so that retries of many events do not arrive in lock-step
-# An event is not sent when it would reach Meta this close to the 7-day limit.
-SEND_MARGIN = timedelta(minutes=1)
 # Events of an account that cannot send (no token, no dataset) are looked at again after this.
 HOLD_DELAY = timedelta(seconds=60)
 IDLE_POLL_SECONDS = 1.0  # the contract: idle, look for due events at least once a second
@@ -107,21 +117,6 @@ EXPIRE_SWEEP_SECONDS = 10.0
 # One account's turn of back-to-back batches within a step: then the other accounts get theirs,
 # and a stop request or a run's deadline is seen at least this often.
 ACCOUNT_TURN_SECONDS = 1.0
-
-
-def backoff(attempts: int, base_seconds: float) -> timedelta:
-    """Delay after the ``attempts``-th failed attempt: base * 2^(attempts-1), ±20 %, at most
-    15 min (1st failure: base, 2nd: 2 * base, ...)."""
-    # The exponent is bounded: 2**1024 would not fit a float, and 2**30 seconds is past any cap.
-    raw = base_seconds * (2 ** min(max(attempts - 1, 0), 30))
-    capped = min(raw, MAX_BACKOFF.total_seconds())
-    jittered = capped * random.uniform(1 - JITTER, 1 + JITTER)
-    return timedelta(seconds=min(jittered, MAX_BACKOFF.total_seconds()))
-
-
-def send_limit(now: datetime) -> datetime:
-    """Events whose event_time is before this are too old to send now (7 days - margin)."""
-    return now - MAX_EVENT_AGE + SEND_MARGIN
 
 
 @dataclass
@@ -151,23 +146,6 @@ class DispatchStats:
         return self.sent + self.retried + self.failed + self.expired + self.held
 
 
-class Row(NamedTuple):
-    """A claimed event: what sending it needs (plain tuple: the hot path reads it often)."""
-
-    id: int
-    event_id: str
-    event_name: str
-    event_time: datetime
-    ctwa_clid: str
-    # As stored, JSON text wrapped for orjson to embed verbatim: decoding it only for the
-    # request to encode it again cost more than the rest of the event.
-    custom_data: orjson.Fragment | None
-    extra: dict[str, Any] | None
-    attempts: int  # before this attempt
-    # next_attempt_at as the driver returned it: where the turn's next claim starts.
-    due: Any
-
-
 @dataclass
 class AccountLease:
     """A dispatcher's hold on one account: while it lasts, nobody else sends its events."""
@@ -180,11 +158,24 @@ class AccountLease:
 
 @dataclass
 class Claimed:
-    """One claim: the account lease it was read under, its rows and their Meta events."""
+    """One claim: the account lease it was read under, its rows and their Meta events, and
+    the destination they go to."""
 
     lease: AccountLease
     rows: list[Row]
     events: dict[int, dict[str, Any]] = field(default_factory=dict)
+    destination: Destination | None = None
+    # The outcome is recorded per destination (conversion_deliveries), not on the conversion.
+    tracked: bool = False
+
+    def to(self, destination: Destination) -> Claimed:
+        """The same claim, for ``destination``, recorded per destination."""
+        return Claimed(self.lease, self.rows, self.events, destination, tracked=True)
+
+    @property
+    def at(self) -> str | None:
+        """The destination whose delivery state an outcome goes to (None: the conversion's)."""
+        return self.destination.name if self.tracked and self.destination else None
 
     @property
     def ids(self) -> list[int]:
@@ -199,146 +190,35 @@ class Claimed:
         return self.rows[-1].due, self.rows[-1].id
 
 
-# The claim's SELECT, given to the driver as written: it runs for every 1,000 events, and
-# SQLAlchemy's result types (datetimes parsed from SQLite's text, JSON) cost 10 of its 15 ms
-# CPU per 1,000 rows on SQLite; the query itself takes 1.5 ms. Rows come in the order of the
-# partial index ix_conversions_account_due; within a turn, each claim starts after the
-# previous one's last row (``Claimed.last``).
-_CLAIM_SQL = (
-    "SELECT id, event_id, event_name, event_time, ctwa_clid, CAST(custom_data AS TEXT),"
-    " CAST(extra AS TEXT), attempts, next_attempt_at FROM conversions"
-    " WHERE waba_id = {waba_id} AND status = 'pending' AND next_attempt_at <= {now}"
-    " AND event_time >= {oldest}{after} ORDER BY next_attempt_at, id LIMIT {limit}"
-)
-_CLAIM_AFTER = " AND (next_attempt_at, id) > ({after_due}, {after_id})"
-
-# "Still pending" where a batch's outcome is recorded, written so that PostgreSQL's planner
-# cannot answer it from the partial due indexes: before a new table's first ANALYZE it did,
-# testing every pending event against the batch's 1,000 ids (108 ms a batch instead of 14).
-_SETTLED = tuple(status for status in Conversion.STATUSES if status != Conversion.PENDING)
-UNSETTLED = Conversion.status.not_in(_SETTLED)
-
-# What _finalize does for the sent outcome (see _record_sent).
-_SENT_SQL = (
-    "UPDATE conversions SET status = 'sent', attempts = attempts + 1, sent_at = {now},"
-    " updated_at = {now}, dataset_id = {dataset_id}, last_error = NULL"
-    " WHERE id {id_in} AND status NOT IN ({settled})"
-)
-# ``id IN`` the batch, given as one text parameter by _id_list (_id_in says it for Core).
-_ID_IN_SQL = {
-    "sqlite": "IN (SELECT value FROM json_each({ids}))",
-    "postgresql": "= ANY(CAST({ids} AS bigint[]))",
-}
-_PARAMETER_MARKS = {"sqlite": ":{}", "postgresql": "%({})s"}
+def _endpoint(claimed: Claimed) -> str:
+    """The requests metric's endpoint label of where ``claimed`` goes."""
+    destination = claimed.destination.name if claimed.destination else GRAPH
+    return "events" if destination == GRAPH else "gateway_events"
 
 
-class _Parameters(dict[str, str]):
-    """For ``str.format_map``: each ``{name}`` not given becomes the driver's named parameter
-    ``name`` (``:name`` for sqlite3, ``%(name)s`` for psycopg)."""
-
-    def __init__(self, dialect: str) -> None:
-        super().__init__()
-        self.mark = _PARAMETER_MARKS[dialect]
-
-    def __missing__(self, name: str) -> str:
-        return self.mark.format(name)
+# Fields of a conversion's outcome that belong to one destination's delivery; the others
+# (Meta's error code, the dataset) stay on the conversion.
+_DELIVERY_FIELDS = frozenset({"status", "attempts", "next_attempt_at", "last_error"})
+_DELIVERY_SETTLED = (ConversionDelivery.SENT, ConversionDelivery.FAILED, ConversionDelivery.EXPIRED)
 
 
-def _driver_sql(template: str, dialect: str, **fragments: str) -> str:
-    """``template`` as the driver of ``dialect`` takes it, each fragment (a template too) in
-    its place."""
-    parameters = _Parameters(dialect)
-    parameters.update({name: text.format_map(parameters) for name, text in fragments.items()})
-    return template.format_map(parameters)
-
-
-_CLAIM_STATEMENTS = {
-    (dialect, after): _driver_sql(_CLAIM_SQL, dialect, after=_CLAIM_AFTER if after else "")
-    for dialect in _PARAMETER_MARKS
-    for after in (False, True)
-}
-_SENT_STATEMENTS = {
-    dialect: _driver_sql(
-        _SENT_SQL,
-        dialect,
-        id_in=_ID_IN_SQL[dialect],
-        settled=", ".join(f"'{status}'" for status in _SETTLED),
-    )
-    for dialect in _PARAMETER_MARKS
-}
-
-
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None or text == "null" else orjson.loads(text)
-
-
-def _fragment_or_none(text: str | None) -> orjson.Fragment | None:
-    return None if text is None or text in ("null", "{}") else orjson.Fragment(text)
-
-
-def _claim_rows(result: list[tuple[Any, ...]]) -> list[Row]:
-    return [
-        Row(
-            i,
-            eid,
-            name,
-            from_driver_time(when),
-            clid,
-            _fragment_or_none(custom),
-            _json_or_none(extra),
-            tries,
-            due,
-        )
-        for i, eid, name, when, clid, custom, extra, tries, due in result
-    ]
-
-
-# Why the sweep expired an event: one Meta answered had failed before; one never tried was
-# queued, held or backed off until the limit (or queued within a minute of it).
-_STALE_REASON = case(
-    (
-        Conversion.attempts > 0,
-        "expired: not delivered before Meta's 7-day limit on event_time (see the previous "
-        "error in the logs and metrics)",
-    ),
-    else_=(
-        "expired: never sent: Meta's 7-day limit on event_time (less a minute for sending) "
-        "passed while it waited (queued too close to the limit, or its account held or paused)"
-    ),
-)
-
-
-def _due(now: datetime) -> Any:
-    # ``status = 'pending'``, as the partial due indexes say it: SQLite's planner uses them
-    # only for a query that repeats their condition (an IN list would not do).
-    return and_(Conversion.status == Conversion.PENDING, Conversion.next_attempt_at <= now)
-
-
-def _lease_free(now: datetime) -> Any:
-    """Accounts no dispatcher holds now."""
-    return or_(Account.dispatch_token.is_(None), Account.dispatch_leased_until < now)
-
-
-def _id_list(ids: Sequence[int], dialect: str) -> str:
-    """A batch's ids as one text parameter: a JSON array for SQLite's json_each, an array
-    literal for PostgreSQL. One parameter instead of 1,000 parses and plans faster, and
-    written here it costs less than the driver's dumping of a list (psycopg's: 7 ms a batch,
-    profiled)."""
-    if dialect == "postgresql":
-        return "{" + ",".join(map(str, ids)) + "}"
-    return orjson.dumps(list(ids)).decode()
-
-
-def _id_in(ids: Sequence[int], dialect: str) -> Any:
-    """``id IN (the batch)``, with ``_id_list``."""
-    listed = bindparam(None, _id_list(ids, dialect), type_=Text)
-    if dialect == "postgresql":
-        return Conversion.id == any_(cast(listed, ARRAY(BigInteger)))
-    return Conversion.id.in_(select(func.json_each(listed).table_valued("value").c.value))
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
+def _conversion_values(
+    deliveries: Sequence[tuple[str, str, int, datetime, str | None]], now: datetime
+) -> dict[str, Any]:
+    """A conversion's schedule and fate from its deliveries (destination, status, attempts,
+    next_attempt_at, last_error): sent when every destination has it, failed when one failed
+    (once none is pending), else pending until the earliest destination's next attempt."""
+    statuses = {status for _, status, _, _, _ in deliveries}
+    attempts = max(tries for _, _, tries, _, _ in deliveries)
+    errors = [f"{name}: {error}" for name, status, _, _, error in deliveries if error]
+    last_error = "; ".join(errors) or None
+    if statuses == {ConversionDelivery.SENT}:
+        return {"status": Conversion.SENT, "sent_at": now, "attempts": attempts, "last_error": None}
+    if ConversionDelivery.PENDING in statuses:
+        due = min(at for _, status, _, at, _ in deliveries if status == ConversionDelivery.PENDING)
+        return {"next_attempt_at": due, "attempts": attempts, "last_error": last_error}
+    fate = Conversion.FAILED if ConversionDelivery.FAILED in statuses else Conversion.EXPIRED
+    return {"status": fate, "attempts": attempts, "last_error": last_error}
 
 
 def _counted(count: int, outcome: str) -> int:
@@ -355,20 +235,34 @@ class Dispatcher:
         *,
         graph: GraphClient | None = None,
         batch_size: int = MAX_BATCH,
+        concurrency: int | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
         self.services = services
         self.settings = services.settings
         self.db = services.db
+        self.destinations: dict[str, Destination] = {GATEWAY: GatewayDestination(services)}
         self.graph = graph or services.graph
         self.batch_size = batch_size
+        # Accounts whose turns run at once (WACONV_DISPATCH_CONCURRENCY).
+        self.concurrency = concurrency or self.settings.dispatch_concurrency
         self.lease = timedelta(seconds=self.settings.lease_seconds)
         self._swept_at: float | None = None  # time.monotonic() of the last expiry sweep
         # Accounts another dispatcher held at this one's last sweep: swept when next leased.
         self._unswept: set[str] = set()
         self._stop: threading.Event | None = None  # run_forever's stop request
         self._deadline: float | None = None  # run_once's max_seconds, in time.monotonic()
+
+    @property
+    def graph(self) -> GraphClient:
+        return self._graph
+
+    @graph.setter
+    def graph(self, client: GraphClient) -> None:
+        self._graph = client
+        test_event_code = self.settings.test_event_code
+        self.destinations[GRAPH] = GraphDestination(client, test_event_code=test_event_code)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -412,17 +306,33 @@ class Dispatcher:
         sent expires. The sweep scans every due event, so it comes after the turns, when
         only what could not be sent is left (claims skip stale events meanwhile)."""
         stats = DispatchStats()
-        for waba_id in self._accounts_with_due_events():
-            try:
-                stats.add(self._dispatch_account(waba_id))
-            except Exception as exc:  # one account's trouble must not starve the others
-                log.exception("dispatcher.account_failed waba_id=%s", waba_id)
-                stats.errors.append(exc)
+        accounts = self._accounts_with_due_events()
+        workers = min(self.concurrency, len(accounts))
+        if workers <= 1:
+            for waba_id in accounts:
+                stats.add(self._turn(waba_id))
+        else:
+            # Up to `concurrency` account turns at once, each under its own lease: while one
+            # waits for Meta the others send (the GIL is free during the wait).
+            with ThreadPoolExecutor(workers, thread_name_prefix="dispatcher-account") as pool:
+                for turn in pool.map(self._turn, accounts):
+                    stats.add(turn)
         clock = time.monotonic()
         if self._swept_at is None or clock - self._swept_at >= EXPIRE_SWEEP_SECONDS:
             stats.expired += self._expire_stale()
             self._swept_at = clock
         return stats
+
+    def _turn(self, waba_id: str) -> DispatchStats:
+        """One account's turn; its failure is logged and counted, never raised (one account's
+        trouble must not starve the others). Nothing once run_forever is asked to stop."""
+        if self._stopping():
+            return DispatchStats()
+        try:
+            return self._dispatch_account(waba_id)
+        except Exception as exc:
+            log.exception("dispatcher.account_failed waba_id=%s", waba_id)
+            return DispatchStats(errors=[exc])
 
     # -- state changes --------------------------------------------------------------------------
 
@@ -436,7 +346,7 @@ class Dispatcher:
         which: Any
         with self.db.transaction() as session:
             if lease is None:
-                held = list(session.scalars(select(Account.waba_id).where(~_lease_free(now))))
+                held = list(session.scalars(select(Account.waba_id).where(~lease_free(now))))
                 self._unswept.update(held)
                 which = Conversion.waba_id.not_in(held)
             else:
@@ -449,10 +359,10 @@ class Dispatcher:
                     Conversion.event_time < send_limit(now),
                     which,
                 )
-                .values(status=Conversion.EXPIRED, last_error=_STALE_REASON)
+                .values(status=Conversion.EXPIRED, last_error=STALE_REASON)
                 .execution_options(synchronize_session=False)
             )
-        expired = _counted(_rowcount(result), "expired")
+        expired = _counted(rowcount(result), "expired")
         if expired:
             log.warning("conversion.expired count=%s reason=7-day limit", expired)
         return expired
@@ -460,14 +370,14 @@ class Dispatcher:
     def _accounts_with_due_events(self) -> list[str]:
         # EXISTS per account: an index probe each, not a scan of every due event.
         now = utcnow()
-        pending = exists().where(Conversion.waba_id == Account.waba_id, _due(now))
+        pending = exists().where(Conversion.waba_id == Account.waba_id, is_due(now))
         with self.db.transaction() as session:
             return list(
                 session.scalars(
                     select(Account.waba_id)
                     .where(
                         or_(Account.status == Account.ACTIVE, Account.probe_at <= now),
-                        _lease_free(now),
+                        lease_free(now),
                         pending,
                     )
                     .order_by(Account.waba_id)
@@ -493,11 +403,11 @@ class Dispatcher:
         until = now + self.lease
         result = session.execute(
             update(Account)
-            .where(Account.waba_id == waba_id, _lease_free(now))
+            .where(Account.waba_id == waba_id, lease_free(now))
             .values(dispatch_token=token, dispatch_leased_until=until)
             .execution_options(synchronize_session=False)
         )
-        return AccountLease(waba_id, token, until) if _rowcount(result) else None
+        return AccountLease(waba_id, token, until) if rowcount(result) else None
 
     def _give_back(self, lease: AccountLease) -> None:
         """End of the turn: the account is free for any dispatcher (best effort: if this
@@ -516,7 +426,7 @@ class Dispatcher:
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-        return _rowcount(result) > 0
+        return rowcount(result) > 0
 
     def _account_turn(self, lease: AccountLease, stats: DispatchStats) -> None:
         waba_id = lease.waba_id
@@ -531,7 +441,9 @@ class Dispatcher:
             probing = account.status == Account.PAUSED
             if creds is not None and creds.dataset_id is None:
                 tried = account.dataset_provision_tried_at
-                if tried is None or utcnow() - tried >= PROVISION_RETRY:
+                if creds.token is None:  # a Gateway-only account: nothing to provision with
+                    problem = self._no_dataset(waba_id)
+                elif tried is None or utcnow() - tried >= PROVISION_RETRY:
                     # Recorded (and committed) before the call: one try, whoever gets here first.
                     account.dataset_provision_tried_at = utcnow()
                     provision = True
@@ -548,6 +460,9 @@ class Dispatcher:
                 with self.db.transaction() as session:
                     stats.held = self._hold(session, waba_id, self._no_dataset(waba_id))
                 return
+        if not creds.routing.graph_only:
+            self._routed_turn(creds, lease, stats, probing=probing)
+            return
         claimed = self._claim(lease, 1 if probing else self.batch_size)
         if not claimed.rows:
             return
@@ -557,6 +472,180 @@ class Dispatcher:
                 self._deliver(creds, claimed, rows, stats, probing=probing)
             return
         self._pipeline(creds, claimed, rows, stats)
+
+    # -- accounts with more destinations than the Graph API -----------------------------------
+
+    def _routed_turn(
+        self, creds: Credentials, lease: AccountLease, stats: DispatchStats, *, probing: bool
+    ) -> None:
+        """The turn of an account whose events go to a Gateway: batch after batch, each sent to
+        every destination that still needs it (no pipelining: Graph-only accounts have it)."""
+        turn_ends = time.monotonic() + ACCOUNT_TURN_SECONDS
+        limit = 1 if probing else self.batch_size
+        after: tuple[Any, int] | None = None
+        while True:
+            claimed = self._claim(lease, limit, after=after)
+            if not claimed.rows:
+                return
+            rows = self._build_events(creds, claimed, stats)
+            if not self._deliver_routed(creds, claimed, rows, stats, probing=probing):
+                return
+            if probing or len(claimed.rows) < limit or not self._more_batches(lease, turn_ends):
+                return
+            after = claimed.last
+
+    def _deliver_routed(
+        self,
+        creds: Credentials,
+        claimed: Claimed,
+        rows: Sequence[Row],
+        stats: DispatchStats,
+        *,
+        probing: bool,
+    ) -> bool:
+        """Send ``rows`` to each destination due to get them; False when the account must
+        stop. The Gateway goes first: a Graph account problem then holds only Graph's part."""
+        due = self._due_deliveries(creds.routing, rows)
+        for name in (GATEWAY, GRAPH):
+            if due.get(name) and not self._deliver(
+                creds,
+                claimed.to(self.destinations[name]),
+                due[name],
+                stats,
+                probing=probing and name == GRAPH,
+            ):
+                return False
+        return True
+
+    def _due_deliveries(self, routing: Routing, rows: Sequence[Row]) -> dict[str, list[Row]]:
+        """Each destination's ``rows`` due now, their delivery rows made where missing.
+
+        A pending conversion whose deliveries are all settled was queued again by an operator
+        (``retry``): its failed destinations are due again. One with nothing due gets its
+        schedule back from its deliveries (its account was held or paused meanwhile)."""
+        now = utcnow()
+        ids = [r.id for r in rows]
+        due: dict[str, list[Row]] = {}
+        idle: list[int] = []
+        with self.db.transaction() as session:
+            known: dict[int, dict[str, tuple[str, datetime]]] = {}
+            for cid, name, status, at in session.execute(
+                select(
+                    ConversionDelivery.conversion_id,
+                    ConversionDelivery.destination,
+                    ConversionDelivery.status,
+                    ConversionDelivery.next_attempt_at,
+                ).where(delivery_in(ids, self.db.dialect))
+            ):
+                known.setdefault(cid, {})[name] = (status, at)
+            missing: list[dict[str, Any]] = []
+            again: list[int] = []
+            for r in rows:
+                states = known.get(r.id, {})
+                targets = routing.targets(r.event_name)
+                if states and all(states.get(n, ("",))[0] in _DELIVERY_SETTLED for n in targets):
+                    failed = [n for n in targets if states[n][0] == ConversionDelivery.FAILED]
+                    if failed:
+                        again.append(r.id)
+                        states = {
+                            **states,
+                            **{n: (ConversionDelivery.PENDING, now) for n in failed},
+                        }
+                sent_now = False
+                for name in targets:
+                    if name not in states:
+                        missing.append(
+                            {
+                                "conversion_id": r.id,
+                                "destination": name,
+                                "status": ConversionDelivery.PENDING,
+                                "attempts": 0,
+                                "next_attempt_at": now,
+                                "updated_at": now,
+                            }
+                        )
+                        states = {**states, name: (ConversionDelivery.PENDING, now)}
+                    status, at = states[name]
+                    if status == ConversionDelivery.PENDING and at <= now:
+                        due.setdefault(name, []).append(r)
+                        sent_now = True
+                if not sent_now:
+                    idle.append(r.id)
+            if missing:
+                session.execute(insert(ConversionDelivery), missing)
+            if again:
+                session.execute(
+                    update(ConversionDelivery)
+                    .where(
+                        delivery_in(again, self.db.dialect),
+                        ConversionDelivery.status == ConversionDelivery.FAILED,
+                    )
+                    .values(status=ConversionDelivery.PENDING, next_attempt_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            if idle:
+                self._sync_conversions(session, idle, {})
+        return due
+
+    def _finalize_at(
+        self, at: str, rows: Sequence[Row], values: dict[str, Any], outcome: str
+    ) -> int:
+        """``_finalize`` for one destination: its delivery rows still pending get the outcome,
+        and their conversions the state all their deliveries add up to, in one transaction."""
+        ids = [r.id for r in rows]
+        now = utcnow()
+        delivery: dict[str, Any] = {
+            name: value for name, value in values.items() if name in _DELIVERY_FIELDS
+        }
+        if "attempts" in delivery:
+            delivery["attempts"] = ConversionDelivery.attempts + 1
+        if values.get("status") == Conversion.SENT:
+            delivery.update(attempts=ConversionDelivery.attempts + 1, sent_at=now, last_error=None)
+        delivery["updated_at"] = now
+        rest = {name: value for name, value in values.items() if name not in _DELIVERY_FIELDS}
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(ConversionDelivery)
+                .where(
+                    delivery_in(ids, self.db.dialect),
+                    ConversionDelivery.destination == at,
+                    ConversionDelivery.status == ConversionDelivery.PENDING,
+                )
+                .values(**delivery)
+                .execution_options(synchronize_session=False)
+            )
+            self._sync_conversions(session, ids, rest)
+        return _counted(rowcount(result), outcome)
+
+    def _sync_conversions(
+        self, session: Session, ids: Sequence[int], values: dict[str, Any]
+    ) -> None:
+        """Give the conversions ``ids`` (still pending) the state of their deliveries, and
+        ``values``."""
+        now = utcnow()
+        found: dict[int, list[tuple[str, str, int, datetime, str | None]]] = {}
+        for cid, name, status, tries, at, error in session.execute(
+            select(
+                ConversionDelivery.conversion_id,
+                ConversionDelivery.destination,
+                ConversionDelivery.status,
+                ConversionDelivery.attempts,
+                ConversionDelivery.next_attempt_at,
+                ConversionDelivery.last_error,
+            ).where(delivery_in(ids, self.db.dialect))
+        ):
+            found.setdefault(cid, []).append((name, status, tries, at, error))
+        groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+        for cid, deliveries in found.items():
+            state = {**values, **_conversion_values(deliveries, now)}
+            groups.setdefault(tuple(sorted(state.items())), []).append(cid)
+        for state_items, group in groups.items():
+            session.execute(
+                update(Conversion)
+                .where(id_in(group, self.db.dialect), UNSETTLED)
+                .values(dict(state_items))
+                .execution_options(synchronize_session=False)
+            )
 
     def _more_batches(self, lease: AccountLease, turn_ends: float) -> bool:
         """Whether this account's turn may claim another batch."""
@@ -604,7 +693,7 @@ class Dispatcher:
                         flying = None
                         try:
                             future.result()
-                        except GraphError as err:
+                        except Refusal as err:
                             if not self._rejected(creds, sent_claim, sent_rows, err, stats):
                                 if queued is not None:  # the account paused: they wait too
                                     self._record_account_problem(queued[0], err, creds, stats)
@@ -628,7 +717,9 @@ class Dispatcher:
                         # The new record is queued before the last one's outcome is read: if
                         # that one failed, this one is still made (in ``finally``).
                         previous = recording
-                        recording = recorder.submit(self._record_accepted, answered, creds)
+                        recording = recorder.submit(
+                            self._record_accepted, sent_claim, answered, creds
+                        )
                         if previous is not None:
                             stats.sent += previous.result()
                     if more and self._more_batches(lease, turn_ends):
@@ -642,7 +733,7 @@ class Dispatcher:
             finally:
                 # Only after an exception is a request left here: record what Meta did with it.
                 if flying is not None:
-                    self._settle_after_failure(creds, flying[1], flying[2], stats)
+                    self._settle_after_failure(creds, *flying, stats)
                 if recording is not None:
                     stats.sent += self._recorded(recording)
 
@@ -658,6 +749,7 @@ class Dispatcher:
     def _settle_after_failure(
         self,
         creds: Credentials,
+        claimed: Claimed,
         rows: list[Row],
         future: Future[None],
         stats: DispatchStats,
@@ -670,7 +762,7 @@ class Dispatcher:
             log.exception("conversion.deliver.abandoned count=%s", len(rows))
             return
         try:
-            self._accepted(creds, rows, stats)
+            self._accepted(creds, claimed, rows, stats)
         except Exception:
             log.exception("conversion.record_failed count=%s; sent but still pending", len(rows))
 
@@ -678,13 +770,21 @@ class Dispatcher:
         """The account's credentials, or why its events must wait."""
         try:
             creds = registry.credentials(account, self.settings)
-        except ConfigError as exc:  # its stored token does not open with this secret key
-            return None, f"held: cannot read the access token of {account.waba_id}: {exc}"
-        if creds.token is None:
+        except ConfigError as exc:  # a stored secret does not open with this key, or bad events
+            return None, f"held: cannot read the settings of {account.waba_id}: {exc}"
+        if creds.token is None and creds.routing.uses_graph:
             return None, (
                 f"held: no access token for WhatsApp Business Account {account.waba_id}; run "
                 f"`waconv accounts set-token --waba-id {account.waba_id}` or set "
                 "WACONV_ACCESS_TOKEN"
+            )
+        if creds.routing.uses_gateway and not (creds.gateway_url and creds.gateway_key):
+            return None, (
+                f"held: WhatsApp Business Account {account.waba_id} sends to a Conversions API "
+                "Gateway but has no Gateway URL or access key; run `waconv accounts set "
+                f"--waba-id {account.waba_id} --destination {creds.routing.destination} "
+                "--gateway-url URL --gateway-key-stdin` or set WACONV_GATEWAY_URL and "
+                "WACONV_GATEWAY_ACCESS_KEY"
             )
         return creds, None
 
@@ -698,27 +798,17 @@ class Dispatcher:
     def _provision(self, creds: Credentials) -> Credentials:
         """A WABA without a dataset gets one once, automatically, when the token allows it."""
         waba_id = creds.waba_id
-        assert creds.token is not None
         try:
-            dataset_id = self.graph.create_dataset(waba_id, creds.token)
-        except GraphError as err:
+            provision_dataset(self.services, waba_id, graph=self.graph, retried=True)
+        except AccountError as exc:
             GRAPH_REQUESTS.labels(endpoint="dataset", outcome="error").inc()
-            log.error(
-                "account.provision_failed waba_id=%s reason=%s",
-                waba_id,
-                operator_message(err, waba_id=waba_id, action="create the dataset"),
-            )
+            log.error("account.provision_failed waba_id=%s reason=%s", waba_id, exc)
             return creds
         GRAPH_REQUESTS.labels(endpoint="dataset", outcome="ok").inc()
         with self.db.transaction() as session:
             account = registry.get_account(session, waba_id)
             if account is None:
                 return creds
-            if account.dataset_id is None:
-                account.dataset_id = dataset_id
-                log.info(
-                    "account.dataset_provisioned waba_id=%s dataset_id=%s", waba_id, dataset_id
-                )
             new, _ = self._credentials(account)
         return new or creds
 
@@ -726,11 +816,11 @@ class Dispatcher:
         now = utcnow()
         result = session.execute(
             update(Conversion)
-            .where(Conversion.waba_id == waba_id, _due(now))
+            .where(Conversion.waba_id == waba_id, is_due(now))
             .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
             .execution_options(synchronize_session=False)
         )
-        held = _counted(_rowcount(result), "held")
+        held = _counted(rowcount(result), "held")
         if held:
             log.warning("conversion.held waba_id=%s count=%s reason=%s", waba_id, held, reason)
         return held
@@ -747,20 +837,10 @@ class Dispatcher:
         to send are left to the expiry sweep. A read, not a write: the account's lease keeps
         other dispatchers away from these events."""
         now = utcnow()
-        bind = time_binder(self.db.engine.dialect)
-        parameters: dict[str, Any] = {
-            "waba_id": lease.waba_id,
-            "now": bind(now),
-            "oldest": bind(send_limit(now)),
-            "limit": limit,
-        }
-        if after is not None:
-            parameters["after_due"], parameters["after_id"] = after
-        statement = _CLAIM_STATEMENTS[self.db.dialect, after is not None]
-        with self.db.autocommit_cursor(write=False) as cursor:
-            cursor.execute(statement, parameters)
-            rows = _claim_rows(cursor.fetchall())
-        return Claimed(lease, rows)
+        rows = queue.claim(
+            self.db, lease.waba_id, limit, now=now, oldest=send_limit(now), after=after
+        )
+        return Claimed(lease, rows, destination=self.destinations[GRAPH])
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -819,9 +899,9 @@ class Dispatcher:
         stats.requests += 1
         try:
             self._post(creds, claimed, rows)
-        except GraphError as err:
+        except Refusal as err:
             return self._rejected(creds, claimed, rows, err, stats, probing=probing)
-        self._accepted(creds, rows, stats, probing=probing)
+        self._accepted(creds, claimed, rows, stats, probing=probing)
         return True
 
     def _sendable(self, claimed: Claimed, rows: Sequence[Row], stats: DispatchStats) -> list[Row]:
@@ -831,36 +911,74 @@ class Dispatcher:
         limit = send_limit(utcnow())
         stale = [r for r in rows if r.event_time < limit]
         if stale:  # aged past the limit during a long split: Meta would reject the whole batch
-            stats.expired += self._record_expired(stale)
+            stats.expired += self._record_expired(claimed, stale)
             rows = [r for r in rows if r.event_time >= limit]
         return rows
 
     def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> None:
-        """The request alone: no database, no shared state. Raises GraphError unless Meta took
-        every event."""
-        assert creds.token is not None and creds.dataset_id is not None
-        self.graph.send_events(
-            creds.dataset_id,
-            creds.token,
-            [claimed.events[r.id] for r in rows],
-            partner_agent=creds.partner_agent,
-            test_event_code=self.settings.test_event_code or None,
-        )
+        """The request alone: no database, no shared state. Raises Refusal unless the
+        destination took every event."""
+        assert claimed.destination is not None
+        try:
+            receipt = claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
+        except Refusal as err:
+            if err.receipt is not None:  # a request was made (not one refused before sending)
+                self._log_request(creds, claimed, rows, err.receipt, err)
+            raise
+        self._log_request(creds, claimed, rows, receipt, None)
 
-    def _record_accepted(self, rows: Sequence[Row], creds: Credentials) -> int:
-        """Meta took ``rows``: count the request and mark them sent; how many were."""
-        GRAPH_REQUESTS.labels(endpoint="events", outcome="ok").inc()
+    def _log_request(
+        self,
+        creds: Credentials,
+        claimed: Claimed,
+        rows: Sequence[Row],
+        receipt: Receipt,
+        err: Refusal | None,
+    ) -> None:
+        """Record the request in the request log (best effort: the outcome matters more)."""
+        assert claimed.destination is not None
+        record = RequestRecord(
+            at=receipt.at,
+            waba_id=creds.waba_id,
+            destination=claimed.destination.name,
+            events=len(rows),
+            bytes=receipt.bytes,
+            duration_ms=receipt.duration_ms,
+            http_status=receipt.http_status,
+            events_received=receipt.events_received,
+            fbtrace_id=receipt.fbtrace_id,
+            messages=receipt.messages or None,
+            error_code=err.code if err else None,
+            error_subcode=err.subcode if err else None,
+            error_message=err.message if err else None,
+        )
+        try:
+            with self.db.transaction() as session:
+                record_request(session, record, [r.id for r in rows])
+        except Exception:
+            log.exception("dispatcher.request_log_failed waba_id=%s", creds.waba_id)
+
+    def _record_accepted(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
+        """The destination took ``rows``: count the request and mark them sent; how many
+        were."""
+        GRAPH_REQUESTS.labels(endpoint=_endpoint(claimed), outcome="ok").inc()
+        if claimed.at is not None:
+            values = {"status": Conversion.SENT, "dataset_id": creds.dataset_id}
+            count = self._finalize(rows, values, "sent", at=claimed.at)
+            log.info("conversion.sent count=%s destination=%s", count, claimed.at)
+            return count
         return self._record_sent(rows, creds)
 
     def _accepted(
         self,
         creds: Credentials,
+        claimed: Claimed,
         rows: Sequence[Row],
         stats: DispatchStats,
         *,
         probing: bool = False,
     ) -> None:
-        stats.sent += self._record_accepted(rows, creds)
+        stats.sent += self._record_accepted(claimed, rows, creds)
         if probing:
             self._resume(creds.waba_id, "Meta accepted events again")
 
@@ -869,33 +987,36 @@ class Dispatcher:
         creds: Credentials,
         claimed: Claimed,
         rows: Sequence[Row],
-        err: GraphError,
+        err: Refusal,
         stats: DispatchStats,
         *,
         probing: bool = False,
     ) -> bool:
-        """Deal with Meta's refusal of ``rows``; False when the account must stop."""
-        disposition = classify(err)
-        GRAPH_REQUESTS.labels(endpoint="events", outcome=disposition.name.lower()).inc()
+        """Deal with the destination's refusal of ``rows``; False when the account must
+        stop."""
+        disposition = err.disposition
+        GRAPH_REQUESTS.labels(endpoint=_endpoint(claimed), outcome=disposition.name.lower()).inc()
         if disposition is Disposition.INVALID and len(rows) > 1:
             middle = len(rows) // 2
             log.info(
                 "conversion.batch_rejected size=%s splitting; meta=%s",
                 len(rows),
-                err.code_label,
+                err.code_label or "-",
             )
             if not self._deliver(creds, claimed, rows[:middle], stats):
                 return False
             return self._deliver(creds, claimed, rows[middle:], stats)
-        if disposition is Disposition.INVALID:
-            stats.failed += self._record_failed(rows, err, creds)
-            if probing:  # Meta read the event: token and dataset are fine again
+        if disposition in (Disposition.INVALID, Disposition.REFUSED):
+            stats.failed += self._record_failed(claimed, rows, err)
+            if (
+                probing and disposition is Disposition.INVALID
+            ):  # Meta read the event: token and dataset are fine again
                 self._resume(creds.waba_id, "Meta accepted the token again")
         elif disposition is Disposition.ACCOUNT:
             self._record_account_problem(claimed, err, creds, stats)
             return False
         else:
-            retried, expired = self._record_retry(rows, err, creds)
+            retried, expired = self._record_retry(claimed, rows, err)
             stats.retried += retried
             stats.expired += expired
             if probing:  # no verdict on the account: ask again later, not event by event
@@ -930,30 +1051,27 @@ class Dispatcher:
             lease.until = until
         return list(rows)
 
-    def _finalize(self, rows: Sequence[Row], values: dict[str, Any], outcome: str) -> int:
+    def _finalize(
+        self, rows: Sequence[Row], values: dict[str, Any], outcome: str, *, at: str | None = None
+    ) -> int:
         """Set ``values`` on the ``rows`` still pending; how many that was, counted under
         ``outcome`` (an outcome another dispatcher recorded first stands, and is not counted
-        again)."""
+        again). With ``at``, the outcome is that destination's (see _finalize_at)."""
+        if at is not None:
+            return self._finalize_at(at, rows, values, outcome)
         with self.db.transaction() as session:
             result = session.execute(
                 update(Conversion)
-                .where(_id_in([r.id for r in rows], self.db.dialect), UNSETTLED)
+                .where(id_in([r.id for r in rows], self.db.dialect), UNSETTLED)
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-        return _counted(_rowcount(result), outcome)
+        return _counted(rowcount(result), outcome)
 
     def _record_sent(self, rows: Sequence[Row], creds: Credentials) -> int:
         """``_finalize`` with the sent outcome, in the driver's SQL: the one write of every
         1,000 events."""
-        parameters = {
-            "now": time_binder(self.db.engine.dialect)(utcnow()),
-            "dataset_id": creds.dataset_id,
-            "ids": _id_list([r.id for r in rows], self.db.dialect),
-        }
-        with self.db.autocommit_cursor() as cursor:
-            cursor.execute(_SENT_STATEMENTS[self.db.dialect], parameters)
-            updated = max(int(cursor.rowcount), 0)
+        updated = queue.mark_sent(self.db, [r.id for r in rows], creds.dataset_id, utcnow())
         count = _counted(updated, "sent")  # with the writers' turn given back
         log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
         return count
@@ -970,41 +1088,26 @@ class Dispatcher:
             if account is not None and account.status == Account.PAUSED:
                 account.probe_at = utcnow() + PAUSED_PROBE_INTERVAL
 
-    def _record_expired(self, rows: Sequence[Row]) -> int:
+    def _record_expired(self, claimed: Claimed, rows: Sequence[Row]) -> int:
         reason = (
             "expired: reached Meta's 7-day limit on event_time while its batch was being sent "
             "(see the previous error in the logs)"
         )
         count = self._finalize(
-            rows, {"status": Conversion.EXPIRED, "last_error": reason}, "expired"
+            rows, {"status": Conversion.EXPIRED, "last_error": reason}, "expired", at=claimed.at
         )
         if count:
             log.warning("conversion.expired count=%s reason=7-day limit", count)
         return count
 
-    def _error_values(self, err: GraphError, sentence: str) -> dict[str, Any]:
-        return {
-            "last_error": sentence,
-            "last_error_code": err.code,
-            "last_error_subcode": err.subcode,
-            "last_error_title": err.user_title or err.type,
-            "last_error_message": err.user_msg or err.message,
-            "last_error_fbtrace_id": err.fbtrace_id,
-        }
-
-    def _record_failed(
-        self,
-        rows: Sequence[Row],
-        err: GraphError,
-        creds: Credentials,
-    ) -> int:
-        sentence = operator_message(err, waba_id=creds.waba_id)
+    def _record_failed(self, claimed: Claimed, rows: Sequence[Row], err: Refusal) -> int:
+        sentence = err.sentence
         values = {
             "status": Conversion.FAILED,
             "attempts": Conversion.attempts + 1,
-            **self._error_values(err, sentence),
+            **err.error_values(sentence),
         }
-        count = self._finalize(rows, values, "failed")
+        count = self._finalize(rows, values, "failed", at=claimed.at)
         if count:
             log.error(
                 "conversion.failed event_ids=%s reason=%s",
@@ -1013,15 +1116,10 @@ class Dispatcher:
             )
         return count
 
-    def _record_retry(
-        self,
-        rows: Sequence[Row],
-        err: GraphError,
-        creds: Credentials,
-    ) -> tuple[int, int]:
+    def _record_retry(self, claimed: Claimed, rows: Sequence[Row], err: Refusal) -> tuple[int, int]:
         """Back off each event; one whose next try would cross the 7-day limit expires now."""
         now = utcnow()
-        sentence = operator_message(err, waba_id=creds.waba_id)
+        sentence = err.sentence
         base = self.settings.retry_base_seconds
         retried = expired = 0
         # Rows of one batch share their attempt count in practice: one update per count.
@@ -1038,9 +1136,9 @@ class Dispatcher:
                 values = {
                     "attempts": Conversion.attempts + 1,
                     "next_attempt_at": next_at,
-                    **self._error_values(err, f"will retry: {sentence}"),
+                    **err.error_values(f"will retry: {sentence}"),
                 }
-                retried += self._finalize(keep, values, "retry")
+                retried += self._finalize(keep, values, "retry", at=claimed.at)
             if late:
                 reason = (
                     "expired: Meta's 7-day limit on event_time would pass before the next "
@@ -1049,9 +1147,9 @@ class Dispatcher:
                 values = {
                     "status": Conversion.EXPIRED,
                     "attempts": Conversion.attempts + 1,
-                    **self._error_values(err, reason),
+                    **err.error_values(reason),
                 }
-                expired += self._finalize(late, values, "expired")
+                expired += self._finalize(late, values, "expired", at=claimed.at)
         log.warning(
             "conversion.deliver.retry count=%s expired=%s reason=%s", retried, expired, sentence
         )
@@ -1060,25 +1158,24 @@ class Dispatcher:
     def _record_account_problem(
         self,
         claimed: Claimed,
-        err: GraphError,
+        err: Refusal,
         creds: Credentials,
         stats: DispatchStats,
     ) -> None:
         """Pause the account; the claim's events wait, their attempt not counted (the events
         were never at fault)."""
-        sentence = operator_message(err, waba_id=creds.waba_id)
+        sentence = err.sentence
         with self.db.transaction() as session:
             account = registry.get_account(session, creds.waba_id)
-            code = err.code_label if err.code is not None else None
-            if account is not None and registry.pause(account, sentence, code=code):
+            if account is not None and registry.pause(account, sentence, code=err.code_label):
                 stats.paused_accounts.append(creds.waba_id)
             released = session.execute(
                 update(Conversion)
-                .where(_id_in(claimed.ids, self.db.dialect), UNSETTLED)
+                .where(id_in(claimed.ids, self.db.dialect), UNSETTLED)
                 .values(
                     next_attempt_at=utcnow(),
-                    **self._error_values(err, f"held: account paused: {sentence}"),
+                    **err.error_values(f"held: account paused: {sentence}"),
                 )
                 .execution_options(synchronize_session=False)
             )
-        stats.held += _counted(_rowcount(released), "held")
+        stats.held += _counted(rowcount(released), "held")

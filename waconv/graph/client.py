@@ -20,9 +20,13 @@ from urllib.parse import quote
 import orjson
 import requests
 
+from waconv.config import MAX_DISPATCH_CONCURRENCY
 from waconv.graph.errors import GraphError
 
 MAX_EVENTS = 1000  # Meta rejects larger requests (the whole request, reference §3.6)
+# Bytes of one events request body at most. Meta documents no limit; this is its webhook
+# payload limit (3 MB), some 6,000 typical events: only batches of large contents reach it.
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0  # seconds; Meta answers most posts in < 600 ms, big batches take longer
 # urllib3 error texts start with "<urllib3.connection.HTTPConnection object at 0x...>: ".
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*")
@@ -38,6 +42,8 @@ class EventsResult:
     events_received: int
     messages: list[Any] = field(default_factory=list)
     fbtrace_id: str | None = None
+    http_status: int = 200
+    bytes: int = 0  # of the request body
 
 
 def appsecret_proof(app_secret: str, token: str) -> str:
@@ -77,6 +83,10 @@ def _session_for(base_url: str) -> requests.Session:
     reads them again for every request, walking the whole environment (profiled: the largest
     CPU cost of a 1,000-event request after building it)."""
     session = requests.Session()
+    # As many pooled connections as a dispatcher keeps requests in flight.
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=MAX_DISPATCH_CONCURRENCY)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     found = session.merge_environment_settings(base_url, {}, None, None, None)
     session.proxies.update(found["proxies"])
     session.verify = found["verify"]
@@ -113,6 +123,7 @@ class GraphClient:
         self._owns_session = session is None
         self.session = session if session is not None else _session_for(self.base_url)
         self._app_secret = app_secret or None
+        self.max_bytes = MAX_REQUEST_BYTES
 
     def __repr__(self) -> str:
         return f"GraphClient(base_url={self.base_url!r}, version={self.version!r})"
@@ -157,25 +168,39 @@ class GraphClient:
         # (orjson: 8 ms -> 1 ms per 1,000 events, the dispatcher's largest CPU cost after the
         # database).
         payload = orjson.dumps(body)
-        status, answer = self._call(
-            "POST", f"{_segment(dataset_id, 'dataset_id')}/events", token, payload
-        )
+        if len(payload) > self.max_bytes:
+            raise GraphError(
+                f"{len(events)} events make {len(payload)} bytes, over the cap of {self.max_bytes}",
+                too_large=True,
+            )
+        try:
+            status, answer = self._call(
+                "POST", f"{_segment(dataset_id, 'dataset_id')}/events", token, payload
+            )
+        except GraphError as err:
+            err.request_bytes = len(payload)
+            raise
         received = answer.get("events_received")
         fbtrace_id = answer.get("fbtrace_id")
         fbtrace = str(fbtrace_id) if fbtrace_id else None
         if not isinstance(received, int) or isinstance(received, bool) or received != len(events):
-            raise GraphError(
+            partial = GraphError(
                 f"Meta acknowledged {received if isinstance(received, int) else 0} "
                 f"of {len(events)} events",
                 http_status=status,
                 fbtrace_id=fbtrace,
                 partial=True,
             )
+            partial.request_bytes = len(payload)
+            partial.events_received = received if isinstance(received, int) else None
+            raise partial
         messages = answer.get("messages")
         return EventsResult(
             events_received=received,
             messages=list(messages) if isinstance(messages, list) else [],
             fbtrace_id=fbtrace,
+            http_status=status,
+            bytes=len(payload),
         )
 
     def create_dataset(self, waba_id: str, token: str, name: str | None = None) -> str:

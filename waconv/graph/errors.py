@@ -77,6 +77,7 @@ class GraphError(Exception):
         is_transient: bool = False,
         network: bool = False,
         partial: bool = False,
+        too_large: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -90,6 +91,11 @@ class GraphError(Exception):
         self.is_transient = is_transient
         self.network = network
         self.partial = partial
+        # The request body was over waconv's byte cap (never sent) or answered 413.
+        self.too_large = too_large or http_status == 413
+        # Of an events request, for the request log: its body's size, Meta's receipt.
+        self.request_bytes = 0
+        self.events_received: int | None = None
 
     @classmethod
     def from_response(cls, status: int, body: Mapping[str, Any] | None, text: str) -> GraphError:
@@ -170,15 +176,9 @@ class Disposition(enum.Enum):
     # The account's token, permissions or dataset are wrong: stop sending for that account and
     # keep its events until an operator fixes it.
     ACCOUNT = "account"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One row of :data:`CLASSIFICATION`: when ``applies`` to an error, ``disposition`` wins."""
-
-    name: str
-    applies: Callable[[GraphError], bool]
-    disposition: Disposition
+    # The destination refused the batch without naming an event (a Conversions API Gateway's
+    # 4xx): every event of it fails there as it is, never split or resent.
+    REFUSED = "refused"
 
 
 # Throttling codes (reference §3.9): 4 app limit, 17 user limit, 32 page limit, 341 application
@@ -221,54 +221,190 @@ def _status_between(err: GraphError, low: int, high: int) -> bool:
     return err.http_status is not None and low <= err.http_status <= high
 
 
+# What an operator should do, from the error, the WABA id, and what happens next ("waconv
+# retries with backoff" or "run the command again").
+Advice = Callable[[GraphError, str, str], str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of :data:`CLASSIFICATION`: when ``applies`` to an error, ``disposition`` wins
+    and ``advice`` tells the operator what to do."""
+
+    name: str
+    applies: Callable[[GraphError], bool]
+    disposition: Disposition
+    advice: Advice
+
+
+def _meta_answered(err: GraphError, waba: str, again: str) -> str:
+    detail = err.user_title or err.user_msg
+    said = f"{err.message}: {detail}" if detail and detail != err.message else err.message
+    return f"Meta answered: {said}"
+
+
+def _temporary(err: GraphError, waba: str, again: str) -> str:
+    return f"Meta had a temporary failure ({err.message}); {again}"
+
+
+def _endpoint(err: GraphError, waba: str, again: str) -> str:
+    return (
+        f"the Graph API does not know this address ({err.message}); check "
+        "WACONV_GRAPH_URL, WACONV_GRAPH_VERSION and the account's dataset id"
+    )
+
+
 RETRY, INVALID, ACCOUNT = Disposition.RETRY, Disposition.INVALID, Disposition.ACCOUNT
 
 # THE classification table. First matching row wins; the last row matches everything.
 CLASSIFICATION: tuple[Rule, ...] = (
-    # Meta itself says "try again": that wins over whatever code comes with it.
-    Rule("meta-transient", lambda e: e.is_transient, RETRY),
     # Timeout, reset, refused: the request may or may not have arrived; same event_ids again.
-    Rule("network", lambda e: e.network, RETRY),
-    # 200 but fewer (or more) events acknowledged than sent: resend the same batch.
-    Rule("partial-receipt", lambda e: e.partial, RETRY),
-    # 1 / 2: Meta's temporary failures.
-    Rule("meta-temporary", lambda e: e.code in TEMPORARY_CODES, RETRY),
-    # 4, 17, 32, 341, 613, 80000-80099: throttled; back off, the content is fine.
-    Rule("rate-limit", is_rate_limit, RETRY),
-    # 368: temporarily blocked for policy reasons; wait, then retry (rare).
-    Rule("policy-block", lambda e: e.code == POLICY_BLOCK_CODE, RETRY),
-    # 190, any subcode: the token is expired/revoked; nothing succeeds until it is replaced.
-    Rule("token", lambda e: e.code == TOKEN_CODE, ACCOUNT),
-    # 3, 10, 200-299: the token lacks a permission; fix the app/system user, not the events.
-    Rule("permission", lambda e: e.code in PERMISSION_CODES, ACCOUNT),
-    # 100/33 wrong dataset or no access to it; 100/2804132 dataset not linked to the WABA.
     Rule(
-        "dataset",
-        lambda e: e.code == INVALID_PARAMETER_CODE and e.subcode in ACCOUNT_SUBCODES_OF_100,
+        "network",
+        lambda e: e.network,
+        RETRY,
+        lambda e, w, again: (
+            f"could not reach the Graph API ({e.message}); {again}, and check the network "
+            "path to WACONV_GRAPH_URL if it persists"
+        ),
+    ),
+    # 200 but fewer (or more) events acknowledged than sent: resend the same batch.
+    Rule(
+        "partial-receipt",
+        lambda e: e.partial,
+        RETRY,
+        lambda e, w, again: (
+            f"{e.message}; waconv sends the same events again with the same event_id"
+        ),
+    ),
+    # Over the byte cap, or a 413: a smaller request goes through; split, never pause.
+    Rule(
+        "too-large",
+        lambda e: e.too_large,
+        INVALID,
+        lambda e, w, again: f"the request was too large ({e.message}); waconv splits the batch",
+    ),
+    # 4, 17, 32, 341, 613, 80000-80099: throttled; back off, the content is fine.
+    Rule(
+        "rate-limit",
+        is_rate_limit,
+        RETRY,
+        lambda e, w, again: (
+            f"Meta is rate-limiting these calls; {again}, and check the app's Marketing API "
+            "access tier if it persists"
+        ),
+    ),
+    # 368: temporarily blocked for policy reasons; wait, then retry (rare).
+    Rule(
+        "policy-block",
+        lambda e: e.code == POLICY_BLOCK_CODE,
+        RETRY,
+        lambda e, w, again: (
+            f"Meta temporarily blocked the app or account for policy reasons; {again}"
+        ),
+    ),
+    # Meta itself says "try again": that wins over whatever code comes with it.
+    Rule("meta-transient", lambda e: e.is_transient, RETRY, _temporary),
+    # 1 / 2: Meta's temporary failures.
+    Rule("meta-temporary", lambda e: e.code in TEMPORARY_CODES, RETRY, _temporary),
+    # 190, any subcode: the token is expired/revoked; nothing succeeds until it is replaced.
+    Rule(
+        "token",
+        lambda e: e.code == TOKEN_CODE,
         ACCOUNT,
+        lambda e, waba, again: (
+            "the access token was rejected (expired or revoked); set a new one with "
+            f"`waconv accounts set-token --waba-id {waba}` or WACONV_ACCESS_TOKEN"
+        ),
+    ),
+    # 3, 10, 200-299: the token lacks a permission; fix the app/system user, not the events.
+    Rule(
+        "permission",
+        lambda e: e.code in PERMISSION_CODES,
+        ACCOUNT,
+        lambda e, w, again: (
+            "the token lacks a permission: grant whatsapp_business_manage_events (events, "
+            "datasets) and whatsapp_business_management (subscribing the app) to the app and "
+            "its system user"
+        ),
+    ),
+    # 100/33: wrong dataset, or the token has no access to it.
+    Rule(
+        "dataset-unreachable",
+        lambda e: e.code == INVALID_PARAMETER_CODE and e.subcode == SUBCODE_DATASET_UNREACHABLE,
+        ACCOUNT,
+        lambda e, w, again: (
+            "the token cannot reach that dataset (object missing or no permission): assign "
+            "the system user to the dataset with the UPLOAD task"
+        ),
+    ),
+    # 100/2804132: the dataset is not linked to the WABA.
+    Rule(
+        "dataset-not-linked",
+        lambda e: e.code == INVALID_PARAMETER_CODE and e.subcode == SUBCODE_DATASET_NOT_LINKED,
+        ACCOUNT,
+        lambda e, waba, again: (
+            f"the dataset is not linked to WhatsApp Business Account {waba}: run "
+            f"`waconv provision-dataset --waba-id {waba}`"
+        ),
     ),
     # 100 naming a parameter of the request, not of an event (an app that requires
     # appsecret_proof, a bad partner_agent or test_event_code): split down, every event would
     # fail alone for the configuration's sake. The account waits for the fix instead.
-    Rule("request-parameter", names_a_request_parameter, ACCOUNT),
-    # 100 with any other subcode (2804066 event name, 2804087 ctwa_clid, 2804003 event_time ...)
-    # or none, whatever the HTTP status: the whole batch was rejected because of its content
-    # (never retried, gotcha 16).
-    Rule("invalid-parameter", lambda e: e.code == INVALID_PARAMETER_CODE, INVALID),
+    Rule(
+        "request-parameter",
+        names_a_request_parameter,
+        ACCOUNT,
+        lambda e, w, again: (
+            f"Meta refused a parameter of the request, not an event ({e.message}); events "
+            "are held until it is fixed: WACONV_APPSECRET_PROOF=true if the app requires "
+            "appsecret_proof (with WACONV_APP_SECRET), else check WACONV_PARTNER_AGENT and "
+            "WACONV_TEST_EVENT_CODE"
+        ),
+    ),
+    # 100/2804066: a name Meta does not take for business messaging (Lead ...).
+    Rule(
+        "invalid-event-name",
+        lambda e: e.code == INVALID_PARAMETER_CODE and e.subcode == SUBCODE_INVALID_EVENT_NAME,
+        INVALID,
+        lambda e, w, again: (
+            "the event name is not allowed for business messaging; fix the rule's `event` "
+            f"(allowed: {', '.join(sorted(BUSINESS_MESSAGING_EVENT_NAMES))})"
+        ),
+    ),
+    # 100/2804087: Meta does not know the click id.
+    Rule(
+        "invalid-ctwa-clid",
+        lambda e: e.code == INVALID_PARAMETER_CODE and e.subcode == SUBCODE_INVALID_CTWA_CLID,
+        INVALID,
+        lambda e, w, again: (
+            "Meta rejected the event's ctwa_clid (unknown, expired, or a test value); this "
+            "event cannot be attributed and is not retried"
+        ),
+    ),
+    # 100 with any other subcode (2804003 event_time ...) or none, whatever the HTTP status:
+    # the whole batch was rejected because of its content (never retried, gotcha 16).
+    Rule("invalid-parameter", lambda e: e.code == INVALID_PARAMETER_CODE, INVALID, _meta_answered),
     # Server-side failure without a code we know (HTML 5xx page, 503 ...).
-    Rule("http-5xx", lambda e: _status_between(e, 500, 599), RETRY),
+    Rule("http-5xx", lambda e: _status_between(e, 500, 599), RETRY, _temporary),
     # 2500 unknown path / 803 unknown alias: a wrong WACONV_GRAPH_URL, version or dataset id.
     # Blaming the events would fail every one of them; it is the configuration.
-    Rule("endpoint", lambda e: e.code in ENDPOINT_CODES, ACCOUNT),
+    Rule("endpoint", lambda e: e.code in ENDPOINT_CODES, ACCOUNT, _endpoint),
     # 408 / 429 without a code we know: the transport asks us to come back later.
-    Rule("http-408-429", lambda e: e.http_status in (408, 429), RETRY),
+    Rule("http-408-429", lambda e: e.http_status in (408, 429), RETRY, _meta_answered),
+    # A 4xx without any code (a proxy's or a wrong host's 404 page): the address is wrong.
+    Rule(
+        "http-4xx-no-code",
+        lambda e: e.code is None and _status_between(e, 400, 499),
+        ACCOUNT,
+        _endpoint,
+    ),
     # Any other 4xx: about the request, not its events. Meta reports bad events as 100; a code
-    # we do not know (2635 deprecated version, 12 deprecated field ...) or none at all (a
-    # proxy's or a wrong host's 404 page) is the configuration. Failing the events would lose
-    # every one; the account is paused and its events wait.
-    Rule("http-4xx", lambda e: _status_between(e, 400, 499), ACCOUNT),
+    # we do not know (2635 deprecated version, 12 deprecated field ...) is the configuration.
+    # Failing the events would lose every one; the account is paused and its events wait.
+    Rule("http-4xx", lambda e: _status_between(e, 400, 499), ACCOUNT, _meta_answered),
     # Anything unknown: retrying is safe, the outbox expires events before the 7-day limit.
-    Rule("unknown", lambda e: True, RETRY),
+    Rule("unknown", lambda e: True, RETRY, _meta_answered),
 )
 
 
@@ -296,77 +432,6 @@ def _meta_reference(err: GraphError) -> str:
     return f"({', '.join(parts)})"
 
 
-def _advice(err: GraphError, waba: str, retried: bool) -> str:
-    code, subcode = err.code, err.subcode
-    # What happens next: the dispatcher tries again by itself, a command does not.
-    again = "waconv retries with backoff" if retried else "run the command again"
-    if err.network:
-        return (
-            f"could not reach the Graph API ({err.message}); {again}, and check the network "
-            "path to WACONV_GRAPH_URL if it persists"
-        )
-    if err.partial:
-        return f"{err.message}; waconv sends the same events again with the same event_id"
-    if code == TOKEN_CODE:
-        return (
-            "the access token was rejected (expired or revoked); set a new one with "
-            f"`waconv accounts set-token --waba-id {waba}` or WACONV_ACCESS_TOKEN"
-        )
-    if code in PERMISSION_CODES:
-        return (
-            "the token lacks a permission: grant whatsapp_business_manage_events (events, "
-            "datasets) and whatsapp_business_management (subscribing the app) to the app and "
-            "its system user"
-        )
-    if code == INVALID_PARAMETER_CODE and subcode == SUBCODE_DATASET_UNREACHABLE:
-        return (
-            "the token cannot reach that dataset (object missing or no permission): assign the "
-            "system user to the dataset with the UPLOAD task"
-        )
-    if code == INVALID_PARAMETER_CODE and subcode == SUBCODE_DATASET_NOT_LINKED:
-        return (
-            f"the dataset is not linked to WhatsApp Business Account {waba}: run "
-            f"`waconv provision-dataset --waba-id {waba}`"
-        )
-    if names_a_request_parameter(err):
-        return (
-            f"Meta refused a parameter of the request, not an event ({err.message}); events "
-            "are held until it is fixed: WACONV_APPSECRET_PROOF=true if the app requires "
-            "appsecret_proof (with WACONV_APP_SECRET), else check WACONV_PARTNER_AGENT and "
-            "WACONV_TEST_EVENT_CODE"
-        )
-    if code == INVALID_PARAMETER_CODE and subcode == SUBCODE_INVALID_EVENT_NAME:
-        names = ", ".join(sorted(BUSINESS_MESSAGING_EVENT_NAMES))
-        return (
-            "the event name is not allowed for business messaging; fix the rule's `event` "
-            f"(allowed: {names})"
-        )
-    if code == INVALID_PARAMETER_CODE and subcode == SUBCODE_INVALID_CTWA_CLID:
-        return (
-            "Meta rejected the event's ctwa_clid (unknown, expired, or a test value); this "
-            "event cannot be attributed and is not retried"
-        )
-    if is_rate_limit(err):
-        return (
-            f"Meta is rate-limiting these calls; {again}, and check the app's Marketing "
-            "API access tier if it persists"
-        )
-    if code in ENDPOINT_CODES or (
-        code is None and _status_between(err, 400, 499) and err.http_status not in (408, 429)
-    ):
-        return (
-            f"the Graph API does not know this address ({err.message}); check "
-            "WACONV_GRAPH_URL, WACONV_GRAPH_VERSION and the account's dataset id"
-        )
-    if code == POLICY_BLOCK_CODE:
-        return f"Meta temporarily blocked the app or account for policy reasons; {again}"
-    if err.is_transient or code in TEMPORARY_CODES or _status_between(err, 500, 599):
-        return f"Meta had a temporary failure ({err.message}); {again}"
-    detail = err.user_title or err.user_msg
-    said = f"{err.message}: {detail}" if detail and detail != err.message else err.message
-    return f"Meta answered: {said}"
-
-
 def operator_message(
     err: GraphError,
     *,
@@ -382,6 +447,7 @@ def operator_message(
     """
     waba = waba_id or "<id>"
     where = f" for WhatsApp Business Account {waba_id}" if waba_id else ""
-    return _one_line(
-        f"cannot {action}{where}: {_advice(err, waba, retried)} {_meta_reference(err)}"
-    )
+    # What happens next: the dispatcher tries again by itself, a command does not.
+    again = "waconv retries with backoff" if retried else "run the command again"
+    advice = matching_rule(err).advice(err, waba, again)
+    return _one_line(f"cannot {action}{where}: {advice} {_meta_reference(err)}")

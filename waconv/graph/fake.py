@@ -278,6 +278,11 @@ class FakeGraph:
         self.subscribed: set[str] = set()  # WABAs with POST /{waba}/subscribed_apps
         self.dataset_names: dict[str, str] = {}  # dataset_id -> dataset_name given at creation
 
+        # Seconds each events request waits before its answer (Meta's latency, for the
+        # concurrency tests and the fleet benchmark); requests waiting at once are counted.
+        self.latency = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.lock = threading.Lock()
         self.requests: list[JsonObject] = []
         self.events: list[JsonObject] = []
@@ -440,6 +445,13 @@ class FakeGraph:
                 return
             fault = None  # answer normally, too late for the client
 
+        if is_events and self.latency:
+            with self.lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._stopping.wait(self.latency)
+            with self.lock:
+                self.in_flight -= 1
         if fault is not None:
             reply = self._fault_reply(fault)
         elif bad_json:

@@ -317,9 +317,12 @@ def ensure_running(services: Services) -> Supervisor:
     with _lock:
         supervisor = services._processor
         if supervisor is None or supervisor.pid != os.getpid() or not supervisor.thread.is_alive():
+            first = services._processor is None
             supervisor = Supervisor(services)
             services._processor = supervisor
             supervisor.start()
+            if first:
+                services.on_close(lambda: stop(services))
     return supervisor
 
 

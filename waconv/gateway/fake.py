@@ -1,0 +1,166 @@
+"""A fake Conversions API Gateway over real HTTP on loopback, for the tests and the benchmark.
+
+It answers ``POST /capi/{dataset_id}/events`` with ``202`` when the access key matches,
+records every request and the events it accepted, and plays programmable faults::
+
+    with FakeGateway(access_key="k") as fake:
+        fake.fail_next(1, status=500)
+        ...
+        assert max(fake.accepted_event_ids().values()) == 1   # no event delivered twice
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DEFAULT_ACCESS_KEY = "test-gateway-key"  # the fake's well-known test key, not a secret
+LISTEN_BACKLOG = 128
+SERVE_POLL_SECONDS = 0.05
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GatewayFault:
+    status: int | None  # None: close the connection without answering
+    body: str = '{"error": "fault"}'
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, fake: FakeGateway, host: str) -> None:
+        self.fake = fake
+        super().__init__((host, 0), _Handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # no getfqdn: slow without a resolver
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is normal here."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        status, body = self.server.fake._answer(self.path, raw)
+        if status is None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        payload = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the benchmark pushes thousands of requests through."""
+
+
+class FakeGateway:
+    def __init__(
+        self,
+        *,
+        access_key: str = DEFAULT_ACCESS_KEY,
+        host: str = "127.0.0.1",
+        latency: float = 0.0,
+    ) -> None:
+        self.access_key = access_key
+        self.host = host
+        self.latency = latency  # seconds each answer waits (the fleet benchmark)
+        self.lock = threading.Lock()
+        self.requests: list[JsonObject] = []  # path and JSON body of each request
+        self.events: list[JsonObject] = []  # accepted events, with the request's dataset
+        self._faults: collections.deque[GatewayFault] = collections.deque()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> FakeGateway:
+        if self._server is None:
+            self._server = _Server(self, self.host)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": SERVE_POLL_SECONDS},
+                name="fake-gateway",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(5.0)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeGateway:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeGateway is not started")
+        return f"http://{self._server.server_name}:{self._server.server_port}"
+
+    def fail_next(self, n: int = 1, *, status: int | None = 500, body: str | None = None) -> None:
+        """The next ``n`` requests answer ``status`` with ``body`` (None: connection closed
+        without an answer)."""
+        fault = GatewayFault(status, body if body is not None else '{"error": "fault"}')
+        with self.lock:
+            self._faults.extend([fault] * n)
+
+    def accepted_event_ids(self) -> collections.Counter[str]:
+        with self.lock:
+            return collections.Counter(str(e["event_id"]) for e in self.events)
+
+    def request_count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def _answer(self, path: str, raw: bytes) -> tuple[int | None, str]:
+        if self.latency:
+            threading.Event().wait(self.latency)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with self.lock:
+            self.requests.append({"path": path, "json": body})
+            fault = self._faults.popleft() if self._faults else None
+        if fault is not None:
+            return fault.status, fault.body
+        parts = path.strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "capi" or parts[2] != "events":
+            return 404, '{"error": "unknown path"}'
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            return 400, '{"error": "body must be {accessKey, data}"}'
+        if body.get("accessKey") != self.access_key:
+            return 401, '{"error": "invalid access key"}'
+        with self.lock:
+            for event in body["data"]:
+                self.events.append({**event, "_dataset_id": parts[1]})
+        return 202, '{"status": "accepted"}'
