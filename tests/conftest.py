@@ -115,6 +115,24 @@ def _databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Databases]
     databases.close()
 
 
+_ONLY = {"postgres_only": "postgresql", "sqlite_only": "sqlite"}  # mark -> its one backend
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``postgres_only`` (or ``sqlite_only``) runs on that backend alone: its
+    other twin is left out, not collected to be skipped."""
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("db_url") if callspec is not None else None
+        only = {b for mark, b in _ONLY.items() if item.get_closest_marker(mark) is not None}
+        (left_out if backend is not None and only and backend not in only else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, _databases: _Databases) -> Iterator[str]:
     backend = request.param
