@@ -73,6 +73,7 @@ def test_sessions_after_stores_are_still_transactions(services):
     _a_transaction_still_rolls_back(services, rows=3)
 
 
+@pytest.mark.postgres_only
 def test_postgres_plans_each_query_for_its_parameters(services):
     """No statement keeps a plan made for other values, or for tables that have grown since.
 
@@ -81,8 +82,6 @@ def test_postgres_plans_each_query_for_its_parameters(services):
     phone_number_id alone and filtered every conversation of that number for the user: the
     processor slowed down as conversations accumulated (290 -> 100 deliveries/s over 10,000).
     """
-    if services.db.dialect != "postgresql":
-        pytest.skip("PostgreSQL only")
     with services.db.engine.connect() as c:
         for _ in range(10):  # twice psycopg's default threshold
             c.execute(select(func.count()).where(WebhookDelivery.status == "received"))
