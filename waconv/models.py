@@ -99,6 +99,8 @@ class Conversation(Base):
         UniqueConstraint("phone_number_id", "user_id"),
         Index("ix_conversations_wa_id_last", "wa_id", "last_message_at"),
         Index("ix_conversations_user_id_last", "user_id", "last_message_at"),
+        # The console's search by any id of the user.
+        Index("ix_conversations_parent_user_id", "parent_user_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

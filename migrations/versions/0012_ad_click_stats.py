@@ -1,4 +1,4 @@
-"""The ads report's exact click rollup, kept by triggers; the console's failed logins
+"""The ads report's exact click rollup, kept by triggers; the console's search and failed logins
 
 Revision ID: 0012
 Revises: 0007
@@ -187,6 +187,7 @@ def upgrade() -> None:
     op.create_index("ix_ad_click_stats_day", "ad_click_stats", ["day"])
     # The report's first and last click of an ad, and its latest text: one index probe each.
     op.create_index("ix_clicks_source_id_clicked_at", "clicks", ["source_id", "clicked_at"])
+    op.create_index("ix_conversations_parent_user_id", "conversations", ["parent_user_id"])
     op.create_table(
         "console_login_failures",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -207,6 +208,7 @@ def downgrade() -> None:
     drop_triggers()
     op.drop_index("ix_console_login_failures_client", table_name="console_login_failures")
     op.drop_table("console_login_failures")
+    op.drop_index("ix_conversations_parent_user_id", table_name="conversations")
     op.drop_index("ix_clicks_source_id_clicked_at", table_name="clicks")
     op.drop_index("ix_ad_click_stats_day", table_name="ad_click_stats")
     op.drop_table("ad_click_stats")
