@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from waconv.clock import isoformat, utcnow
 from waconv.errors import APIError
@@ -214,8 +214,7 @@ def ads_report(session: Session, query: ReportQuery) -> AdsReport:
             row.clicks = int(count)
         else:
             row.conversations = int(count)
-    for row in rows.values():
-        _describe(session, query, row)
+    _describe(session, query, rows)
 
     stats = select(
         AdConversionStat.source_id,
@@ -267,29 +266,46 @@ def _click_days(query: ReportQuery) -> list[Any]:
     return where
 
 
-def _describe(session: Session, query: ReportQuery, row: AdRow) -> None:
-    """The ad's first and last click of the range, and its text as the last click showed it:
-    two probes of the index on (source_id, clicked_at)."""
-    where = [
-        Click.source_id.is_(None) if row.source_id is None else Click.source_id == row.source_id,
-        Click.clicked_at >= query.start,
-        Click.clicked_at < query.end,
-    ]
+def _describe(session: Session, query: ReportQuery, rows: dict[str | None, AdRow]) -> None:
+    """Each ad's first and last click of the range, and its text as the last click showed it:
+    two probes of the index on (source_id, clicked_at) per ad, all in one statement."""
+    clicks = aliased(Click)
+    in_range = [clicks.clicked_at >= query.start, clicks.clicked_at < query.end]
     if query.waba_id is not None:
         mine = select(Conversation.id).where(Conversation.waba_id == query.waba_id)
-        where.append(Click.conversation_id.in_(mine))
-    first = session.scalar(
-        select(Click.clicked_at).where(*where).order_by(Click.clicked_at).limit(1)
+        in_range.append(clicks.conversation_id.in_(mine))
+    ads = (
+        select(AdClickStat.source_id)
+        .where(*_click_days(query), AdClickStat.source_id != "")
+        .distinct()
+        .subquery()
     )
-    last = session.execute(
-        select(Click.clicked_at, Click.source_type, Click.source_url, Click.headline)
-        .where(*where)
-        .order_by(Click.clicked_at.desc(), Click.id.desc())
-        .limit(1)
-    ).first()
-    row.first_click_at = first
-    if last is not None:
-        row.last_click_at, row.source_type, row.source_url, row.headline = last
+
+    def probes(source: Any) -> tuple[Any, Any]:
+        where = [*in_range, source]
+        first = select(clicks.clicked_at).where(*where).order_by(clicks.clicked_at).limit(1)
+        last = select(clicks.id).where(*where).order_by(clicks.clicked_at.desc()).limit(1)
+        return first.scalar_subquery(), last.scalar_subquery()
+
+    found = [
+        tuple(r)
+        for r in session.execute(
+            select(ads.c.source_id, *probes(clicks.source_id == ads.c.source_id))
+        )
+    ]
+    if None in rows:  # the clicks without a source id: NULL is equal to nothing
+        found.append((None, *session.execute(select(*probes(clicks.source_id.is_(None)))).one()))
+    first_of = {source: first for source, first, _ in found}
+    last_of = {last: source for source, _, last in found if last is not None}
+    described = select(
+        Click.id, Click.clicked_at, Click.source_type, Click.source_url, Click.headline
+    ).where(Click.id.in_(list(last_of)))
+    for click_id, at, source_type, source_url, headline in session.execute(described):
+        row = rows.get(last_of[click_id])
+        if row is not None:
+            row.first_click_at = first_of[last_of[click_id]]
+            row.last_click_at, row.source_type = at, source_type
+            row.source_url, row.headline = source_url, headline
 
 
 @dataclass(frozen=True)
