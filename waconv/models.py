@@ -320,7 +320,7 @@ class Conversion(Base):
 
 class AdConversionStat(Base):
     """Conversions per account, ad, click day, event, outcome and currency: the ads report's
-    rollup. Kept by triggers on ``conversions`` (migration 0008), never written by the app."""
+    rollup. Kept by triggers on ``conversions`` (migration 0007), never written by the app."""
 
     __tablename__ = "ad_conversion_stats"
     __table_args__ = (
