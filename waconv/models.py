@@ -106,6 +106,8 @@ class Conversation(Base):
         UniqueConstraint("phone_number_id", "user_id"),
         Index("ix_conversations_wa_id_last", "wa_id", "last_message_at"),
         Index("ix_conversations_user_id_last", "user_id", "last_message_at"),
+        # The console's search by any id of the user.
+        Index("ix_conversations_parent_user_id", "parent_user_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -152,6 +154,9 @@ class Click(Base):
     # Indexed for the ads report, which selects clicks by date.
     clicked_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # The ads report's first and last click of an ad in a range: one index probe each.
+    __table_args__ = (Index("ix_clicks_source_id_clicked_at", "source_id", "clicked_at"),)
 
 
 class Message(Base):
@@ -350,7 +355,7 @@ class ConversionDelivery(Base):
 
 class AdConversionStat(Base):
     """Conversions per account, ad, click day, event, outcome and currency: the ads report's
-    rollup. Kept by triggers on ``conversions`` (migration 0008), never written by the app."""
+    rollup. Kept by triggers on ``conversions`` (migration 0007), never written by the app."""
 
     __tablename__ = "ad_conversion_stats"
     __table_args__ = (
@@ -378,6 +383,42 @@ class AdConversionStat(Base):
     events: Mapped[int] = mapped_column(BigInteger)
     # Millionths of the currency: exact sums on SQLite too.
     revenue_micros: Mapped[int] = mapped_column(BigInteger)
+
+
+class AdClickStat(Base):
+    """Clicks per account, ad, day and the day of the previous click of the same chain (the
+    clicks of one click id, or of one conversation): the ads report's exact distinct counts
+    for any range. Kept by triggers on ``clicks`` (migration 0009), never written by the app."""
+
+    __tablename__ = "ad_click_stats"
+    __table_args__ = (
+        UniqueConstraint(
+            "waba_id", "source_id", "kind", "day", "prev_day", name="uq_ad_click_stats_waba_id"
+        ),
+    )
+
+    CLICK = "click"  # chains of one ctwa_clid
+    CONVERSATION = "conversation"  # chains of one conversation
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    waba_id: Mapped[str] = mapped_column(String(META_ID))
+    source_id: Mapped[str] = mapped_column(String(64))  # "" for a click without one
+    kind: Mapped[str] = mapped_column(String(16))
+    day: Mapped[str] = mapped_column(String(10), index=True)  # YYYY-MM-DD of the click, UTC
+    prev_day: Mapped[str] = mapped_column(String(10))  # of the chain's previous click, or ""
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class ConsoleLoginFailure(Base):
+    """A wrong admin token at the console's login, by client (a hash of its address): the
+    login's rate limit, shared by every worker process."""
+
+    __tablename__ = "console_login_failures"
+    __table_args__ = (Index("ix_console_login_failures_client", "client", "failed_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    client: Mapped[str] = mapped_column(String(64))
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class DispatchRequest(Base):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import random
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, distinct, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from tests import payloads as p
@@ -18,7 +19,7 @@ from tests.admin.conftest import Admin
 from tests.conftest import PHONE_NUMBER_ID, WABA_ID
 from waconv import reports, schema
 from waconv.db import make_engine
-from waconv.models import Account, Click, Conversation, Conversion
+from waconv.models import Account, AdClickStat, Click, Conversation, Conversion
 from waconv.services import Services
 
 _ids = itertools.count(1)
@@ -335,6 +336,77 @@ def test_the_upgrade_counts_the_conversions_already_stored(db_url: str) -> None:
             {"USD": 0.2},
             1,
         )
+        assert (item["clicks"], item["conversations"]) == (1, 1)
     finally:
         schema.upgrade(engine)  # the next tests' schema, whatever failed above
         engine.dispose()
+
+
+def _counted_from_clicks(services: Services, since: int, until: int) -> dict[Any, Any]:
+    """What the report must say, counted the slow way from the clicks themselves."""
+    with services.db.transaction() as session:
+        rows = session.execute(
+            select(
+                Click.source_id,
+                func.count(distinct(Click.ctwa_clid)),
+                func.count(distinct(Click.conversation_id)),
+            )
+            .where(Click.clicked_at >= at(since, 0), Click.clicked_at < at(until + 1, 0))
+            .group_by(Click.source_id)
+        ).all()
+    return {source: (clicks, convs) for source, clicks, convs in rows}
+
+
+def _counted_by_report(services: Services, since: int, until: int) -> dict[Any, Any]:
+    with services.db.transaction() as session:
+        got = reports.ads_report(
+            session, reports.ReportQuery(date(2026, 11, since), date(2026, 11, until))
+        )
+    return {r.source_id: (r.clicks, r.conversations) for r in got.items if r.clicks}
+
+
+def test_the_click_rollup_is_exact_for_every_range_through_moves_and_deletes(
+    seed: Seed, services: Services
+) -> None:
+    """Click ids and conversations clicked again on later days, on two ads, out of order; then
+    a merge moves clicks in bulk and a prune deletes some: every range still counts exactly."""
+    rng = random.Random(18)
+    convs = [seed.conversation() for _ in range(6)]
+    for _ in range(40):
+        clid = f"clid-{rng.randrange(12)}"  # the same click id on several days
+        seed.click(rng.choice(convs), clid, rng.choice(["A", "B", None]), at(rng.randrange(1, 9)))
+    ranges = [(s, u) for s in range(1, 9) for u in range(s, 9)]
+
+    def check() -> None:
+        for since, until in ranges:
+            assert _counted_by_report(services, since, until) == _counted_from_clicks(
+                services, since, until
+            ), (since, until)
+
+    check()
+    with services.db.transaction() as session:  # a merge moves every click in one statement
+        session.execute(
+            update(Click).where(Click.conversation_id == convs[0]).values(conversation_id=convs[1])
+        )
+        session.execute(update(Click).where(Click.id % 7 == 0).values(clicked_at=at(4)))
+    check()
+    with services.db.transaction() as session:
+        session.execute(delete(Click).where(Click.id % 3 == 0))
+    check()
+    with services.db.transaction() as session:
+        session.execute(delete(Click))
+    with services.db.transaction() as session:
+        assert session.scalar(select(func.sum(AdClickStat.count))) in (0, None)
+
+
+def test_a_click_before_the_range_does_not_hide_the_same_click_id_in_it(
+    admin: Admin, seed: Seed
+) -> None:
+    conv = seed.conversation()
+    seed.click(conv, "clid-1", "A", at(2))
+    seed.click(conv, "clid-1", "A", at(5))
+    seed.click(conv, "clid-1", "A", at(4))  # arrives late: between the two
+    for since, until, clicks in [("02", "02", 1), ("03", "05", 1), ("06", "30", 0)]:
+        body = report(admin, since=f"2026-11-{since}", until=f"2026-11-{until}")
+        assert body["totals"]["clicks"] == clicks, (since, until)
+        assert body["totals"]["conversations"] == clicks

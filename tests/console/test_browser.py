@@ -212,7 +212,7 @@ def test_log_in_read_the_report_retry_a_failure_and_log_out(
         )
     driver.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click()
     wait_for_url(driver, "since=2025-06-01")
-    driver.find_element(By.CSS_SELECTOR, "svg.chart")
+    driver.find_element(By.CSS_SELECTOR, ".chart svg.chart-plot")
     row = driver.find_element(By.CSS_SELECTOR, "table.report tbody tr")
     assert "Chat with us" in row.text
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
@@ -277,6 +277,54 @@ def test_pages_fit_a_phone_and_show_local_times(
     assert any("19" in t and "04:46" in t for t in times), times
     assert "Asia/Tokyo" in driver.find_element(By.TAG_NAME, "footer").text
     shoot("conversation-phone-detail")
+
+
+DESKTOP_WIDTH = 1280
+
+
+def test_every_page_reads_at_phone_and_desktop_width(
+    fresh: Any, server: str, failed_purchase: int, shoot: Callable[[str], Path]
+) -> None:
+    """No page scrolls sideways, and the chart's axis text keeps its shape: the bars stretch
+    with the page, the dates and counts do not."""
+    from selenium.webdriver.common.by import By
+
+    driver = fresh
+    log_in(driver, server)
+    pages = {
+        "ads": "/console/?since=2025-06-01&until=2025-06-30",
+        "conversions": "/console/conversions",
+        "conversion": f"/console/conversions/{failed_purchase}",
+        "conversations": "/console/conversations?q=Sheena",
+        "conversation": "/console/conversations/1",
+        "accounts": "/console/accounts",
+        "webhooks": "/console/webhooks",
+    }
+    label_boxes = {}
+    for width in (PHONE_WIDTH, DESKTOP_WIDTH):
+        driver.set_window_size(width, 900)
+        inner = driver.execute_script("return window.innerWidth")
+        for name, path in pages.items():
+            driver.get(f"{server}{path}")
+            driver.find_element(By.TAG_NAME, "h1")
+            scroll = driver.execute_script("return document.documentElement.scrollWidth")
+            assert scroll <= inner, f"{path} scrolls sideways at {width} px ({scroll})"
+            if name == "ads" and width == PHONE_WIDTH:  # the chart is below the fold
+                driver.execute_script("document.getElementById('chart-h').scrollIntoView()")
+            shoot(f"{name}-{width}")
+        driver.get(f"{server}{pages['ads']}")
+        label_boxes[width] = driver.execute_script(
+            """
+            return Array.from(document.querySelectorAll('.chart text')).map(el => {
+              const box = el.getBoundingClientRect();
+              return [el.textContent, Math.round(box.width), Math.round(box.height)];
+            });
+            """
+        )
+    # The same labels, each the same size, on a phone and on a wide screen.
+    assert label_boxes[PHONE_WIDTH] and label_boxes[PHONE_WIDTH] == label_boxes[DESKTOP_WIDTH]
+    for text, width, height in label_boxes[DESKTOP_WIDTH]:
+        assert 8 <= height <= 20 and width <= 7 * len(text) + 4, (text, width, height)
 
 
 def test_every_control_has_a_label(fresh: Any, server: str, failed_purchase: int) -> None:

@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from freezegun import freeze_time
 from sqlalchemy import select, update
 
 from tests import payloads as p
 from tests.admin.conftest import Admin
-from tests.conftest import ADMIN_TOKEN, WABA_ID
+from tests.conftest import ADMIN_TOKEN, PHONE_NUMBER_ID, WABA_ID
 from waconv.accounts import registry
+from waconv.console import auth
 from waconv.conversions import requestlog
-from waconv.models import Account, Conversion, WebhookDelivery
+from waconv.models import Account, Conversation, Conversion, UserAlias, WebhookDelivery
 from waconv.services import Services
 
 PAGES = [
@@ -125,6 +127,27 @@ def test_wrong_token_shows_the_form_again(client: FlaskClient) -> None:
     assert 'name="token"' in r.get_data(as_text=True)
     assert "Set-Cookie" not in r.headers
     assert client.get("/console/").status_code == 302
+
+
+def test_wrong_tokens_are_rate_limited_per_client(client: FlaskClient) -> None:
+    start = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    with freeze_time(start) as clock:
+        for _ in range(auth.LOGIN_FAILURES):
+            assert login(client, "guess").status_code == 401
+        clock.tick(10)
+        blocked = login(client)  # even the right token: guessing gains nothing while blocked
+        assert blocked.status_code == 429
+        assert blocked.headers["Retry-After"] == "50"
+        assert "try again in 50 seconds" in blocked.get_data(as_text=True)
+        assert "Set-Cookie" not in blocked.headers
+        other = client.post(
+            "/console/login",
+            data={"token": ADMIN_TOKEN},
+            environ_base={"REMOTE_ADDR": "192.0.2.7"},
+        )
+        assert other.status_code == 302  # another client is not blocked
+        clock.tick(51)
+        assert login(client).status_code == 302
 
 
 def test_login_sets_a_strict_http_only_cookie_without_the_token(client: FlaskClient) -> None:
@@ -269,6 +292,59 @@ def test_conversation_search_by_name_and_timeline(
     assert "No conversation matches" in browser.get("/console/conversations?q=%25").get_data(
         as_text=True
     )
+
+
+def _found(browser: FlaskClient, q: str) -> list[str]:
+    """The conversation ids a search lists."""
+    page = browser.get("/console/conversations", query_string={"q": q}).get_data(as_text=True)
+    return re.findall(r'href="/console/conversations/(\d+)"', page)
+
+
+def test_conversation_search_by_any_id_the_user_has_had(
+    browser: FlaskClient, services: Services
+) -> None:
+    with services.db.transaction() as session:
+        session.add(Account(waba_id=WABA_ID))
+        session.flush()
+        ana = Conversation(
+            waba_id=WABA_ID,
+            phone_number_id=PHONE_NUMBER_ID,
+            wa_id="16505550100",
+            user_id="US.13491208655302741918",
+            parent_user_id="US.ENT.11815799212886844830",
+            profile_name="Ana",
+        )
+        other = Conversation(
+            waba_id=WABA_ID, phone_number_id=PHONE_NUMBER_ID, wa_id="16505550199", username="ana_b"
+        )
+        session.add_all([ana, other])
+        session.flush()
+        # Meta changed both of Ana's ids earlier: her old ones still find her.
+        session.add_all(
+            [
+                UserAlias(
+                    waba_id=WABA_ID, kind="wa_id", previous="16505550000", current="16505550100"
+                ),
+                UserAlias(
+                    waba_id=WABA_ID,
+                    kind="user_id",
+                    previous="US.99999999999999999999",
+                    current="US.13491208655302741918",
+                ),
+            ]
+        )
+        ana_id, other_id = str(ana.id), str(other.id)
+    for q in [
+        "16505550100",
+        "+1 (650) 555-0100",
+        "US.13491208655302741918",
+        "US.ENT.11815799212886844830",
+        "16505550000",
+        "US.99999999999999999999",
+    ]:
+        assert _found(browser, q) == [ana_id], q
+    assert sorted(_found(browser, "ana")) == sorted([ana_id, other_id])  # name or username
+    assert _found(browser, "1650555") == []  # ids match whole, names in part
 
 
 def test_resume_a_paused_account(browser: FlaskClient, services: Services) -> None:

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from flask import request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
+from waconv.clock import utcnow
+from waconv.models import ConsoleLoginFailure
 from waconv.services import current_services
 
 COOKIE = "waconv_console"
@@ -23,6 +29,10 @@ COOKIE_PATH = "/console"
 # An operator's working day; after it, log in again.
 SESSION_SECONDS = 12 * 3600
 CSRF_FIELD = "csrf_token"
+# Wrong tokens a client may try per window before the login answers 429: enough for typos,
+# far too few to guess a token. Kept in the database, so every worker process counts them.
+LOGIN_FAILURES = 5
+LOGIN_WINDOW = timedelta(minutes=1)
 # Browsers treat these as secure contexts without TLS; everywhere else the cookie needs TLS.
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
@@ -47,6 +57,41 @@ def _serializer() -> URLSafeTimedSerializer | None:
 def token_matches(candidate: str) -> bool:
     expected = current_services().settings.admin_token
     return bool(expected) and hmac.compare_digest(candidate.encode(), expected.encode())
+
+
+def _client() -> str:
+    """The client's address, keyed with the secret key: rows that count failures without
+    keeping an address. Behind a proxy every client is the proxy (one shared limit)."""
+    secret = current_services().settings.secret_key or ""
+    address = request.remote_addr or ""
+    return hmac.new(secret.encode(), address.encode(), hashlib.sha256).hexdigest()
+
+
+def login_retry_after(session: Session) -> int | None:
+    """Seconds until this client may try a token again, or None when it may now."""
+    since = utcnow() - LOGIN_WINDOW
+    failures = select(ConsoleLoginFailure.failed_at).where(
+        ConsoleLoginFailure.client == _client(), ConsoleLoginFailure.failed_at > since
+    )
+    count, oldest = session.execute(
+        select(func.count(), func.min(failures.subquery().c.failed_at))
+    ).one()
+    if count < LOGIN_FAILURES or oldest is None:
+        return None
+    return max(1, math.ceil((oldest - since).total_seconds()))
+
+
+def login_failed(session: Session) -> None:
+    now = utcnow()
+    # Older failures count no more: forget them (every client's) as new ones come.
+    session.execute(
+        delete(ConsoleLoginFailure).where(ConsoleLoginFailure.failed_at <= now - LOGIN_WINDOW)
+    )
+    session.add(ConsoleLoginFailure(client=_client(), failed_at=now))
+
+
+def login_succeeded(session: Session) -> None:
+    session.execute(delete(ConsoleLoginFailure).where(ConsoleLoginFailure.client == _client()))
 
 
 def current_session() -> ConsoleSession | None:

@@ -21,7 +21,7 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as Redirect
 
@@ -31,6 +31,7 @@ from waconv.admin import service
 from waconv.clock import isoformat
 from waconv.console import auth
 from waconv.console.chart import daily_chart
+from waconv.conversations import search
 from waconv.errors import APIError
 from waconv.models import Click, Conversation, Conversion, Message, WebhookDelivery
 from waconv.services import current_services
@@ -45,7 +46,6 @@ bp = Blueprint(
 )
 
 PAGE_SIZE = 50  # rows per list page: one screen on a desktop, quick on a phone
-SEARCH_LIMIT = 50
 TIMELINE_LIMIT = 500  # a conversation's latest messages and clicks shown
 OPEN = frozenset({"console.login", "console.static"})
 SECTIONS = {
@@ -136,8 +136,17 @@ def login() -> Any:
         if auth.current_session() is not None:
             return redirect(url_for("console.home"))
         return render_template("console/login.html")
-    if not auth.token_matches(request.form.get("token", "")):
-        return render_template("console/login.html", error="That is not the admin token."), 401
+    with current_services().db.transaction() as session:
+        wait = auth.login_retry_after(session)
+        if wait is not None:
+            # Refused before the token is even compared: guessing gains nothing while blocked.
+            message = f"Too many wrong tokens from here; try again in {wait} seconds."
+            page = render_template("console/login.html", error=message)
+            return page, 429, {"Retry-After": str(wait)}
+        if not auth.token_matches(request.form.get("token", "")):
+            auth.login_failed(session)
+            return render_template("console/login.html", error="That is not the admin token."), 401
+        auth.login_succeeded(session)
     response = redirect(url_for("console.home"))
     auth.start_session(response)
     return response
@@ -288,26 +297,11 @@ def cancel(conversion_id: int) -> Redirect:
 
 @bp.get("/conversations")
 def conversations() -> Any:
-    q = request.args.get("q", "").strip()[:255]
+    q = request.args.get("q", "").strip()[: search.MAX_QUERY]
     found: list[Conversation] = []
     if q:
-        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with current_services().db.transaction() as session:
-            found = list(
-                session.scalars(
-                    select(Conversation)
-                    .where(
-                        or_(
-                            Conversation.wa_id == q,
-                            Conversation.user_id == q,
-                            Conversation.profile_name.ilike(like, escape="\\"),
-                            Conversation.username.ilike(like, escape="\\"),
-                        )
-                    )
-                    .order_by(Conversation.last_message_at.desc().nulls_last())
-                    .limit(SEARCH_LIMIT)
-                )
-            )
+            found = list(search.search(session, q))
             session.expunge_all()
     return render_template("console/conversations.html", q=q, found=found)
 
