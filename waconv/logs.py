@@ -10,6 +10,9 @@ from waconv.config import SECRET_FIELDS, Settings
 REDACTED = "[redacted]"
 # Shorter values are too likely to match ordinary text to be worth blanking.
 MIN_SECRET_LENGTH = 6
+# Alembic 1.16+ logs a line per built-in plugin at INFO whenever it reads the migrations (the
+# schema check of every command): noise before a command's one line of error.
+QUIET_LOGGERS = ("alembic.runtime.plugins",)
 
 
 class RedactSecrets(logging.Filter):
@@ -37,6 +40,8 @@ def configure_logging(settings: Settings, extra_secrets: Iterable[str] = ()) -> 
         handler._waconv = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     secrets = [getattr(settings, name) for name in SECRET_FIELDS]
     redactor = RedactSecrets([*secrets, *extra_secrets])
     for handler in root.handlers:
