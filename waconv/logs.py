@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 from waconv.config import SECRET_FIELDS, Settings
@@ -13,6 +14,14 @@ MIN_SECRET_LENGTH = 6
 # Alembic 1.16+ logs a line per built-in plugin at INFO whenever it reads the migrations (the
 # schema check of every command): noise before a command's one line of error.
 QUIET_LOGGERS = ("alembic.runtime.plugins",)
+# The one path that names a customer: /admin/conversations/<wa_id or user_id> (a phone number).
+_USER_IN_PATH = re.compile(r"^(/admin/conversations/)[^/]+")
+
+
+def loggable_path(path: str) -> str:
+    """A request path as request logs show it: no query string (the handshake's verify token
+    is there) and no user id."""
+    return _USER_IN_PATH.sub(rf"\g<1>{REDACTED}", path.split("?", 1)[0])
 
 
 class RedactSecrets(logging.Filter):
