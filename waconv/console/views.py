@@ -31,6 +31,7 @@ from waconv.admin import service
 from waconv.clock import isoformat
 from waconv.console import auth
 from waconv.console.chart import daily_chart
+from waconv.conversations import store
 from waconv.errors import APIError
 from waconv.models import Click, Conversation, Conversion, Message, WebhookDelivery
 from waconv.services import current_services
@@ -298,8 +299,8 @@ def conversations() -> Any:
                     select(Conversation)
                     .where(
                         or_(
-                            Conversation.wa_id == q,
-                            Conversation.user_id == q,
+                            store.is_user(q),  # any wa_id or user_id the user has had
+                            Conversation.parent_user_id == q,
                             Conversation.profile_name.ilike(like, escape="\\"),
                             Conversation.username.ilike(like, escape="\\"),
                         )
