@@ -91,6 +91,27 @@ def test_signed_event_is_marked_like_the_admin_api(
     assert conversion.source == "connector"
 
 
+def test_the_same_event_again_after_the_user_wrote_to_another_number_is_the_same_record(
+    connector_client: FlaskClient, connector_app: Flask, clicked: str
+) -> None:
+    body = {"wa_id": WA_ID, "event_name": "QualifiedLead"}
+    first = post_event(connector_client, body, webhook_id="msg_first")
+    assert first.status_code == 202
+    # The user now writes to another of the business's numbers: their most recently active
+    # conversation changes, the admin API's answer for the same request does not.
+    other = json.dumps(
+        p.delivery(
+            p.text("hello", ref=p.referral("ANOTHER_CLICK"), ts=to_unix(utcnow()) + 1),
+            phone_number_id="999000",
+        )
+    ).encode()
+    connector_client.post("/webhook", data=other, headers=signed_headers(other))
+    again = post_event(connector_client, body, webhook_id="msg_again")
+    assert again.status_code == 200, again.json
+    assert again.json["id"] == first.json["id"]
+    assert len(_conversions(connector_app)) == 1
+
+
 def test_a_phone_number_the_user_had_before_finds_them(
     connector_client: FlaskClient, connector_app: Flask, clicked: str
 ) -> None:

@@ -129,14 +129,15 @@ def match_customer(
 def _mark_for(
     session: Session, conversation: Conversation, mark: admin.MarkRequest, source: str
 ) -> admin.Marked:
-    """Mark ``mark`` (checked by the admin API's rules) for a conversation found here."""
+    """Mark ``mark`` (checked by the admin API's rules) for a conversation found here.
+
+    Its phone number stays the request's: without one, the same request again finds what it
+    recorded on any of the user's conversations, as the admin API does."""
     if conversation.wa_id:
         user_field, user = "wa_id", conversation.wa_id
     else:
         user_field, user = "user_id", conversation.user_id or ""
-    pinned = dataclasses.replace(
-        mark, user_field=user_field, user=user, phone_number_id=conversation.phone_number_id
-    )
+    pinned = dataclasses.replace(mark, user_field=user_field, user=user)
     return admin.mark_conversion(session, pinned, source=source, conversation=conversation)
 
 
