@@ -19,10 +19,12 @@ threads = int(os.environ.get("WACONV_WEB_THREADS", "32"))
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
-# %(U)s is the path without the query string: the webhook handshake carries the verify token
-# in it, and secrets never reach a log.
+# %(U)s is the path without the query string (the webhook handshake carries the verify token
+# in it) and without the user id of /admin/conversations/<id>: no secret or customer data in
+# a log.
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+logger_class = "waconv.accesslog.AccessLogger"
 errorlog = "-"
 # gunicorn 25.1+ opens a control socket at ~/.gunicorn/gunicorn.ctl: a second instance on the
 # host (a deploy's new one beside the old, tests) logs "[ERROR] Control server error ... already

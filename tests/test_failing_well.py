@@ -4,7 +4,10 @@ and every command one line naming the fix; never a 500, a traceback or a log lin
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,6 +125,25 @@ def test_every_command_but_upgrade_exits_1_with_one_line_naming_it(
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
     assert "waconv db upgrade" in result.stderr
+
+
+def test_a_real_command_prints_only_the_one_line(
+    unmigrated_url: str, cli_env: Callable[[str], dict[str, str]]
+) -> None:
+    # A process of its own: the real stderr, with the logging set-up a shell gets (CliRunner
+    # shares the test process's handlers, which write elsewhere). Alembic's INFO lines
+    # ("setup plugin ...") came before the one line.
+    env = {**os.environ, **cli_env(unmigrated_url), "WACONV_LOG_LEVEL": "INFO"}
+    result = subprocess.run(
+        [sys.executable, "-m", "waconv.cli", "conversions", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == "error: the database was never migrated: run `waconv db upgrade`\n"
 
 
 def test_upgrade_then_the_commands_work(

@@ -14,16 +14,17 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from waconv import create_app
 from waconv.config import DEV_SECRETS_FILE, ensure_dev_secrets, load_settings
+from waconv.logs import loggable_path
 
 log = logging.getLogger(__name__)
 
 
 class PathOnlyRequestHandler(WSGIRequestHandler):
-    """Request logs without the query string: the handshake carries the verify token there."""
+    """Request logs without the query string (the handshake carries the verify token there)
+    or a user id."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        path = self.path.split("?", 1)[0]
-        self.log("info", '"%s %s" %s %s', self.command, path, code, size)
+        self.log("info", '"%s %s" %s %s', self.command, loggable_path(self.path), code, size)
 
 
 def _dev_secrets_banner(env: dict[str, str]) -> None:

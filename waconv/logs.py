@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 from waconv.config import SECRET_FIELDS, Settings
@@ -10,6 +11,17 @@ from waconv.config import SECRET_FIELDS, Settings
 REDACTED = "[redacted]"
 # Shorter values are too likely to match ordinary text to be worth blanking.
 MIN_SECRET_LENGTH = 6
+# Alembic 1.16+ logs a line per built-in plugin at INFO whenever it reads the migrations (the
+# schema check of every command): noise before a command's one line of error.
+QUIET_LOGGERS = ("alembic.runtime.plugins",)
+# The one path that names a customer: /admin/conversations/<wa_id or user_id> (a phone number).
+_USER_IN_PATH = re.compile(r"^(/admin/conversations/)[^/]+")
+
+
+def loggable_path(path: str) -> str:
+    """A request path as request logs show it: no query string (the handshake's verify token
+    is there) and no user id."""
+    return _USER_IN_PATH.sub(rf"\g<1>{REDACTED}", path.split("?", 1)[0])
 
 
 class RedactSecrets(logging.Filter):
@@ -37,6 +49,8 @@ def configure_logging(settings: Settings, extra_secrets: Iterable[str] = ()) -> 
         handler._waconv = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     secrets = [getattr(settings, name) for name in SECRET_FIELDS]
     redactor = RedactSecrets([*secrets, *extra_secrets])
     for handler in root.handlers:

@@ -14,6 +14,8 @@ from freezegun import freeze_time
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
+from tests import payloads as p
+from tests.conftest import signed_headers
 from tests.connectors.conftest import CONNECTOR_SECRET, EMAIL, WA_ID, Shopify, shopify_order
 from waconv.clock import to_unix, utcnow
 from waconv.connectors.signatures import sign_standard, standard_webhooks_key, verify_standard
@@ -87,6 +89,37 @@ def test_signed_event_is_marked_like_the_admin_api(
     assert again.json["id"] == r.json["id"]
     [conversion] = _conversions(connector_app)
     assert conversion.source == "connector"
+
+
+def test_the_same_event_again_after_the_user_wrote_to_another_number_is_the_same_record(
+    connector_client: FlaskClient, connector_app: Flask, clicked: str
+) -> None:
+    body = {"wa_id": WA_ID, "event_name": "QualifiedLead"}
+    first = post_event(connector_client, body, webhook_id="msg_first")
+    assert first.status_code == 202
+    # The user now writes to another of the business's numbers: their most recently active
+    # conversation changes, the admin API's answer for the same request does not.
+    other = json.dumps(
+        p.delivery(
+            p.text("hello", ref=p.referral("ANOTHER_CLICK"), ts=to_unix(utcnow()) + 1),
+            phone_number_id="999000",
+        )
+    ).encode()
+    connector_client.post("/webhook", data=other, headers=signed_headers(other))
+    again = post_event(connector_client, body, webhook_id="msg_again")
+    assert again.status_code == 200, again.json
+    assert again.json["id"] == first.json["id"]
+    assert len(_conversions(connector_app)) == 1
+
+
+def test_a_phone_number_the_user_had_before_finds_them(
+    connector_client: FlaskClient, connector_app: Flask, clicked: str
+) -> None:
+    body = json.dumps(p.delivery(p.changed_number(WA_ID, "16505550000"))).encode()
+    connector_client.post("/webhook", data=body, headers=signed_headers(body))
+    r = post_event(connector_client, {"phone": "+1 650 555 1234", "event_name": "QualifiedLead"})
+    assert r.status_code == 202, r.json
+    assert r.json["ctwa_clid"] is not None
 
 
 @pytest.mark.parametrize(

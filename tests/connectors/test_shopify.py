@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from tests.conftest import ADMIN_TOKEN
+from tests import payloads as p
+from tests.conftest import ADMIN_TOKEN, signed_headers
 from tests.connectors.conftest import (
     CONNECTOR_SECRET,
     EMAIL,
@@ -23,7 +25,7 @@ from tests.connectors.conftest import (
     start_clicked_conversation,
 )
 from waconv.customers.normalize import hashed
-from waconv.models import ConnectorReceipt, Conversion, CustomerIdentifier
+from waconv.models import ConnectorReceipt, Conversation, Conversion, CustomerIdentifier
 from waconv.services import Services
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -170,6 +172,19 @@ def test_phone_of_the_shipping_address(
     order = shopify_order(phone=None)
     order["shipping_address"] = {**order["shipping_address"], "phone": "+16505551234"}
     assert shopify.post(order).json["status"] == "matched"
+
+
+def test_a_number_the_user_had_before_still_matches(
+    shopify: Shopify, connector_app: Flask, connector_client: FlaskClient, clicked: str
+) -> None:
+    # The user changed number after the click; the shop still has the old one.
+    body = json.dumps(p.delivery(p.changed_number(WA_ID, "16505550000"))).encode()
+    assert connector_client.post("/webhook", data=body, headers=signed_headers(body)).json
+    r = shopify.post(shopify_order(phone="+1 650-555-1234"))
+    assert r.json["status"] == "matched", r.json
+    with _services(connector_app).db.transaction() as session:
+        conversation = session.get(Conversation, _conversions(connector_app)[0].conversation_id)
+        assert conversation is not None and conversation.wa_id == "16505550000"
 
 
 def test_matched_by_an_email_an_earlier_conversion_named(

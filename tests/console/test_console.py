@@ -347,6 +347,21 @@ def test_conversation_search_by_any_id_the_user_has_had(
     assert _found(browser, "1650555") == []  # ids match whole, names in part
 
 
+def test_conversation_search_by_an_id_the_user_had_before(
+    browser: FlaskClient, post_webhook: Callable[..., Any]
+) -> None:
+    post_webhook(p.delivery(p.text("hi", ref=p.referral(), ts=1750275992)))
+    post_webhook(p.delivery(p.changed_number("16505551234", "16505550000", ts=1750276000)))
+
+    def found(q: str) -> list[str]:
+        page = browser.get("/console/conversations", query_string={"q": q})
+        return re.findall(r'href="(/console/conversations/\d+)"', page.get_data(as_text=True))
+
+    # The admin API finds the user by any id they have had; so does the console.
+    assert found("16505550000")
+    assert found("16505551234") == found("16505550000")
+
+
 def test_resume_a_paused_account(browser: FlaskClient, services: Services) -> None:
     with services.db.transaction() as session:
         account, _ = registry.register(session, WABA_ID)

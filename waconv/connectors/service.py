@@ -27,7 +27,7 @@ from waconv.customers import store as customers
 from waconv.customers.normalize import hash_all, hashed, phone_digits, wa_id_candidates
 from waconv.db import insert_or_ignore
 from waconv.errors import APIError
-from waconv.models import ConnectorReceipt, Conversation
+from waconv.models import ConnectorReceipt, Conversation, UserAlias
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,19 @@ IDENTITY_FIELDS = ("wa_id", "user_id", "phone", "email")
 # --- matching ---------------------------------------------------------------------------------
 
 
+def has_number(digits: str) -> Any:
+    """Conversations whose user's wa_id is this number, now or before a change of number
+    (a shop or a CRM keeps the number the customer gave it)."""
+    candidates = wa_id_candidates(digits)
+    earlier = select(UserAlias.current).where(UserAlias.previous.in_(candidates))
+    return Conversation.wa_id.in_(candidates) | Conversation.wa_id.in_(earlier)
+
+
 def conversation_by_phone(session: Session, digits: str) -> Conversation | None:
-    """The most recently active conversation with a click whose wa_id is this number."""
+    """The most recently active conversation with a click whose user has this number."""
     return session.scalar(
         select(Conversation)
-        .where(
-            Conversation.wa_id.in_(wa_id_candidates(digits)),
-            Conversation.ctwa_clid.is_not(None),
-        )
+        .where(has_number(digits), Conversation.ctwa_clid.is_not(None))
         .order_by(Conversation.last_message_at.desc().nulls_last(), Conversation.id.desc())
         .limit(1)
     )
@@ -124,14 +129,15 @@ def match_customer(
 def _mark_for(
     session: Session, conversation: Conversation, mark: admin.MarkRequest, source: str
 ) -> admin.Marked:
-    """Mark ``mark`` (checked by the admin API's rules) for a conversation found here."""
+    """Mark ``mark`` (checked by the admin API's rules) for a conversation found here.
+
+    Its phone number stays the request's: without one, the same request again finds what it
+    recorded on any of the user's conversations, as the admin API does."""
     if conversation.wa_id:
         user_field, user = "wa_id", conversation.wa_id
     else:
         user_field, user = "user_id", conversation.user_id or ""
-    pinned = dataclasses.replace(
-        mark, user_field=user_field, user=user, phone_number_id=conversation.phone_number_id
-    )
+    pinned = dataclasses.replace(mark, user_field=user_field, user=user)
     return admin.mark_conversion(session, pinned, source=source, conversation=conversation)
 
 
@@ -368,7 +374,7 @@ def _conversation_of(
 def _conversation_of_phone(
     session: Session, digits: str, phone_number_id: str | None
 ) -> Conversation | None:
-    query = select(Conversation).where(Conversation.wa_id.in_(wa_id_candidates(digits)))
+    query = select(Conversation).where(has_number(digits))
     if phone_number_id:
         query = query.where(Conversation.phone_number_id == phone_number_id)
     return session.scalar(
