@@ -1,8 +1,8 @@
-"""``python -m bench [all|ingest|dispatch|connectors|console|report] [--quick]``: run, then
-write bench/RESULTS.md.
+"""``python -m bench [all|ingest|dispatch|fleet|connectors|console|report] [--quick]``: run,
+then write bench/RESULTS.md.
 
-``make bench`` runs everything. A partial run (``ingest``, ``dispatch``, ``connectors`` or
-``console``) replaces only its own part of bench/results.json and rewrites RESULTS.md from it.
+``make bench`` runs everything. A partial run (``ingest``, ``dispatch``, ``fleet``, ``connectors``
+or ``console``) replaces only its own part of bench/results.json and rewrites RESULTS.md from it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bench import common, report
 
 FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5, "orders": 1_000}
 QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1, "orders": 200}
-PARTS = ("ingest", "dispatch", "connectors", "console")
+PARTS = ("ingest", "dispatch", "fleet", "connectors", "console")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "part",
         nargs="?",
-        choices=("all", "ingest", "dispatch", "connectors", "console", "report"),
+        choices=("all", "ingest", "dispatch", "fleet", "connectors", "console", "report"),
         default="all",
         help="report: only write RESULTS.md and latency.png again from bench/results.json",
     )
@@ -121,11 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         data["dispatch"] = {"date": date, "command": command.strip(), **dresult.to_dict()}
         report.save(data)
+    if args.part in ("all", "fleet"):
+        from bench import fleet
+
+        fresult = fleet.run(**(fleet.QUICK if args.quick else fleet.FULL), workdir=workdir)
+        data["fleet"] = {"date": date, "command": command.strip(), **fresult}
+        report.save(data)
     if args.part in ("all", "connectors"):
         from bench import connectors
 
         cresult = connectors.run(orders=sizes["orders"], backends=backends, workdir=workdir)
         data["connectors"] = {"date": date, "command": command.strip(), **cresult.to_dict()}
+        report.save(data)
 
     if args.part in ("all", "console"):
         from bench import console

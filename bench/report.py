@@ -325,6 +325,33 @@ METHOD = """## How it is measured
 """
 
 
+def _fleet_section(fleet: dict[str, Any]) -> list[str]:
+    f, m = fleet["fleet"], fleet["memory"]
+    ratio = f["seconds"] / f["ideal_seconds"]
+    return [
+        "## Many accounts at once (`python -m bench fleet`)",
+        "",
+        f"{fleet['date']}. {f['accounts']} accounts x {f['events']} events, each account its "
+        f"own dataset, against a loopback fake Graph API that answers every request after "
+        f"{f['latency']:g} s; `WACONV_DISPATCH_CONCURRENCY={f['concurrency']}`, SQLite. Target: "
+        "within 2x the ideal for the concurrency.",
+        "",
+        "| waconv | serial (accounts x latency) | ideal (serial / concurrency) | x ideal "
+        "| most in flight | each event once |",
+        "|---|---|---|---|---|---|",
+        f"| {f['seconds']:.1f} s | {f['serial_seconds']:.0f} s | {f['ideal_seconds']:.1f} s "
+        f"| {ratio:.2f}x{'' if ratio <= 2 else ' (target missed)'} | {f['max_in_flight']} "
+        f"| {'yes' if f['once'] else '**no**'} |",
+        "",
+        f"Memory: `waconv dispatch --once` sending {m['events']:,} events of "
+        f"{m['event_bytes'] // 1000} KB of `custom_data` each peaked at {m['loaded_mb']:.0f} MB "
+        f"resident ({m['empty_mb']:.0f} MB on an empty outbox; target under "
+        f"{m['target_mb']} MB{'' if m['loaded_mb'] < m['target_mb'] else ', missed'}); "
+        f"{m['accepted']:,} accepted.",
+        "",
+    ]
+
+
 def _connectors_section(connectors: dict[str, Any]) -> list[str]:
     target = connectors["target_p99_ms"]
     lines = [
@@ -369,6 +396,8 @@ def write(data: dict[str, Any], commands: list[str]) -> None:
         lines += _dispatch_section(data["dispatch"], cores)
     if "connectors" in data:
         lines += _connectors_section(data["connectors"])
+    if "fleet" in data:
+        lines += _fleet_section(data["fleet"])
     if "console" in data:
         lines += _console_section(data["console"])
     if PROFILE_MD.exists():
