@@ -32,6 +32,7 @@ from waconv.conversations.store import ENSURED_ACCOUNTS
 from waconv.db import insert_or_ignore, time_binder
 from waconv.models import WebhookDelivery
 from waconv.services import Services
+from waconv.webhooks.batch import apply_batch
 from waconv.webhooks.processing import process_payload
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,25 @@ PROCESS_BUDGET_SECONDS: dict[str, float] = {"sqlite": 0.005, "postgresql": 0.05}
 PROCESS_BATCH = 50
 
 
+class _Pace:
+    """What applying one delivery took lately (set-based, per batch): a transaction takes
+    no more deliveries than its budget allows at that pace."""
+
+    WEIGHT = 0.2  # of the latest batch in the running mean
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def observe(self, seconds: float, deliveries: int) -> None:
+        each = seconds / deliveries
+        self.seconds = (
+            each if not self.seconds else self.seconds + self.WEIGHT * (each - self.seconds)
+        )
+
+
+_pace = _Pace()
+
+
 def process_received(services: Services, *, budget_seconds: float | None = None) -> int:
     """Process stored deliveries in one short transaction; return how many were processed.
 
@@ -193,23 +213,28 @@ def _process_batch(services: Services, budget: float, *, isolate: bool) -> int:
         )
         if services.db.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
+        parsed: list[tuple[int, dict[str, Any]]] = []
         for delivery_id, body in session.execute(query).all():
-            if (processed or failed) and time.monotonic() - started > budget:
+            taken = len(parsed) + failed
+            if taken and time.monotonic() - started + taken * _pace.seconds > budget:
                 break
             payload = _payload_or_failure(session, delivery_id, body)
             if payload is None:
                 failed += 1
-                continue
-            if isolate:
+            elif not isolate:
+                parsed.append((delivery_id, payload))
+            else:
                 items = _apply_isolated(
                     services, session, delivery_id, payload, defer_conflicts=True
                 )
-            else:
-                items = process_payload(session, services, delivery_id, payload)
-            if items is None:
-                failed += 1
-            elif items != DEFERRED:
-                processed.append((delivery_id, items))
+                if items is None:
+                    failed += 1
+                elif items != DEFERRED:
+                    processed.append((delivery_id, items))
+        if parsed:
+            applying = time.monotonic()
+            processed += apply_batch(session, services, parsed, process_payload)
+            _pace.observe(time.monotonic() - applying, len(parsed))
         _mark_processed(session, processed)
         ensured = session.info.get(ENSURED_ACCOUNTS, set())
     services.known_accounts.update(ensured)  # committed: they exist for good
