@@ -217,7 +217,8 @@ def test_an_orphaned_processor_leaves_between_transactions_of_a_backlog(make_app
     for i in range(5):
         ingest.store(services, encode(p.delivery(p.text(f"b{i}", wa_id=f"1555000{i:04d}"))))
     # One delivery per transaction: the backlog takes five transactions.
-    monkeypatch.setattr(ingest, "PROCESS_BUDGET_SECONDS", {"sqlite": 0, "postgresql": 0})
+    for budget in ("PROCESS_BUDGET_SECONDS", "IDLE_BUDGET_SECONDS"):
+        monkeypatch.setattr(ingest, budget, {"sqlite": 0, "postgresql": 0})
     answers = iter([True, True])  # run() looks once, drain() once; then the worker is gone
     processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 1, WebhookDelivery.RECEIVED: 4}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, null, or_, select
+from sqlalchemy import insert, literal, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from waconv.clock import utcnow
@@ -211,28 +211,29 @@ def _apply_run(
 
 
 def _known(session: Session, plains: list[Plain]) -> set[Any]:
-    """What the database already holds of these messages' users and ids: conversations'
-    (phone number, kind, id), aliases' ``waba:id`` and message ids. One query each."""
+    """What the database already holds of these messages' users and ids, in one query:
+    conversations' (phone number, kind, id), aliases' ``waba:id`` and message ids."""
     wa_ids = sorted({plain.wa_id for plain in plains if plain.wa_id})
     user_ids = sorted({plain.user_id for plain in plains if plain.user_id})
     wamids = sorted({plain.wamid for plain in plains})
-    known: set[Any] = set()
-    rows = session.execute(
-        select(Conversation.phone_number_id, Conversation.wa_id, Conversation.user_id).where(
-            or_(Conversation.wa_id.in_(wa_ids), Conversation.user_id.in_(user_ids))
-        )
-    )
-    for phone_number_id, wa_id, user_id in rows:
-        known.add((phone_number_id, "wa_id", wa_id))
-        known.add((phone_number_id, "user_id", user_id))
     ids = sorted({*wa_ids, *user_ids})
-    for waba_id, previous, current in session.execute(
-        select(UserAlias.waba_id, UserAlias.previous, UserAlias.current).where(
+    lookup: Any = union_all(
+        select(
+            literal("c"), Conversation.phone_number_id, Conversation.wa_id, Conversation.user_id
+        ).where(or_(Conversation.wa_id.in_(wa_ids), Conversation.user_id.in_(user_ids))),
+        select(literal("a"), UserAlias.waba_id, UserAlias.previous, UserAlias.current).where(
             or_(UserAlias.previous.in_(ids), UserAlias.current.in_(ids))
-        )
-    ):
-        known.update((f"{waba_id}:{previous}", f"{waba_id}:{current}"))
-    known.update(session.scalars(select(Message.wamid).where(Message.wamid.in_(wamids))))
+        ),
+        select(literal("m"), Message.wamid, null(), null()).where(Message.wamid.in_(wamids)),
+    )
+    known: set[Any] = set()
+    for kind, first, second, third in session.execute(lookup):
+        if kind == "c":  # a conversation: phone number, wa_id, user_id
+            known.update(((first, "wa_id", second), (first, "user_id", third)))
+        elif kind == "a":  # an alias: waba, previous, current
+            known.update((f"{first}:{second}", f"{first}:{third}"))
+        else:  # a message id
+            known.add(first)
     return known
 
 
@@ -263,8 +264,11 @@ def apply_plain(session: Session, services: Services, plains: list[Plain]) -> in
             }
             for plain in plains
         ],
-    ).scalars()
-    ids = list(conversation_ids)
+    )
+    # Each new conversation's ids are unique in the batch (see _apply_run): they name its row.
+    # (Asking for the rows in parameter order made SQLite insert them one by one.)
+    by_user = {tuple(row[1:]): row[0] for row in conversation_ids}
+    ids = [by_user[(plain.phone_number_id, plain.wa_id, plain.user_id)] for plain in plains]
     connection.execute(
         _INSERT_MESSAGES,
         [
@@ -298,7 +302,7 @@ def apply_plain(session: Session, services: Services, plains: list[Plain]) -> in
 # null, in ``referral``).
 _NO_CLICK = {"referral": null(), "clicked_at": None, "ctwa_clid": None}
 _INSERT_CONVERSATIONS = insert(Conversation).returning(
-    Conversation.id, sort_by_parameter_order=True
+    Conversation.id, Conversation.phone_number_id, Conversation.wa_id, Conversation.user_id
 )
 _INSERT_MESSAGES = insert(Message)
 _INSERT_CLICKS = insert(Click)
