@@ -256,3 +256,25 @@ def test_an_idle_processor_takes_bigger_transactions_than_a_busy_one(make_app, m
     with freeze_time("2026-11-24 10:00:00"):  # no budget ends a transaction
         assert processor.drain(services) == count
     assert transactions[0] == count
+
+
+def test_what_databases_refuse_is_replaced_on_the_set_based_path_too(make_app, monkeypatch):
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    msg = p.text("nul \u0000 and lone \ud800 inside", ref=p.referral(source_id="1\u00002"))
+    msg["context"] = {"k\u0000": "v"}
+    applied: list[str] = []
+    real = batch.apply_plain
+
+    def spy(session, services_, plains):
+        applied.extend(plain.text or "" for plain in plains)
+        return real(session, services_, plains)
+
+    monkeypatch.setattr(batch, "apply_plain", spy)
+    plain = p.text("plain", wa_id="15550001111")
+    assert _drain(services, [encode(p.delivery(msg)), encode(_one(plain, "15550001111"))]) == 2
+    with services.db.transaction() as session:
+        texts = sorted(session.scalars(select(Message.text)))
+        clicks = list(session.scalars(select(Click.source_id)))
+    assert texts == ["nul \ufffd and lone ? inside", "plain"]
+    assert clicks == ["1\ufffd2"]
+    assert sorted(applied) == texts

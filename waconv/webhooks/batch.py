@@ -156,13 +156,13 @@ def _plain(
 def apply_batch(
     session: Session, services: Services, deliveries: Iterable[Delivery], one: ApplyOne
 ) -> list[tuple[int, int]]:
-    """Apply deliveries in their order: runs of plain ones set-based, the others with ``one``
-    (``process_payload``). Returns (delivery id, items) for each. Raises on any failure: the
-    caller then applies the same deliveries one by one, each in a savepoint."""
+    """Apply deliveries (scrubbed where ``needs_scrub`` says so) in their order: runs of
+    plain ones set-based, the others with ``one`` (``process_payload``). Returns (delivery
+    id, items) for each. Raises on any failure: the caller then applies the same deliveries
+    one by one, each in a savepoint."""
     done: list[tuple[int, int]] = []
     run: list[tuple[int, dict[str, Any], list[Plain]]] = []
     for delivery_id, payload in deliveries:
-        payload = p._scrub(payload)
         plains = plain_messages(delivery_id, payload)
         if plains is not None:
             run.append((delivery_id, payload, plains))

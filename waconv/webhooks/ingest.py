@@ -33,7 +33,7 @@ from waconv.db import insert_or_ignore, time_binder
 from waconv.models import WebhookDelivery
 from waconv.services import Services
 from waconv.webhooks.batch import apply_batch
-from waconv.webhooks.processing import process_payload
+from waconv.webhooks.processing import needs_scrub, process_payload, scrub
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,8 @@ def _process_batch(services: Services, budget: float, limit: int, *, isolate: bo
             if payload is None:
                 failed += 1
             elif not isolate:
+                if needs_scrub(body or b""):
+                    payload = scrub(payload)
                 parsed.append((delivery_id, payload))
             else:
                 items = _apply_isolated(
