@@ -151,7 +151,7 @@ PROCESS_BUDGET_SECONDS: dict[str, float] = {"sqlite": 0.005, "postgresql": 0.05}
 PROCESS_BATCH = 50
 # While no request has come for a moment (``idle``), nothing waits for SQLite's lock either:
 # bigger transactions spend less per delivery on the batch's statements and its commit.
-IDLE_BUDGET_SECONDS: dict[str, float] = {"sqlite": 0.05, "postgresql": 0.1}
+IDLE_BUDGET_SECONDS: dict[str, float] = {"sqlite": 0.05, "postgresql": 0.3}
 IDLE_BATCH = 500
 
 
