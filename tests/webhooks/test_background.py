@@ -251,7 +251,7 @@ def _drain_busy_at(services, monkeypatch, *, stored_at: str, drained_at: str) ->
     rests: list[float] = []
     monkeypatch.setattr(processor.time, "sleep", rests.append)
     # The clock stands still, so the budget never ends a transaction: no pace from before.
-    monkeypatch.setattr(ingest, "_pace", ingest._Pace())
+    monkeypatch.setattr(ingest, "_pace", ingest._Pace(0.0))
     with freeze_time(drained_at):  # the clock stands still: the lag is looked up once
         assert processor.drain(services, busy=lambda: True) == count
     return rests

@@ -211,7 +211,7 @@ def test_a_batch_leaves_what_one_delivery_at_a_time_leaves(
 ):
     rules_path.write_text(RULES)
     bodies = [encode(d) for d in _scenario()]
-    monkeypatch.setattr(ingest, "_pace", ingest._Pace())  # the clock stands still
+    monkeypatch.setattr(ingest, "_pace", ingest._Pace(0.0))  # the clock stands still
 
     one_by_one = make_app(webhook_processing="background", send_customer_info=customer_info)
     with monkeypatch.context() as m:
@@ -252,7 +252,7 @@ def test_an_idle_processor_takes_bigger_transactions_than_a_busy_one(make_app, m
         return done
 
     monkeypatch.setattr(processor, "process_received", counting)
-    monkeypatch.setattr(ingest, "_pace", ingest._Pace())
+    monkeypatch.setattr(ingest, "_pace", ingest._Pace(0.0))
     with freeze_time("2026-11-24 10:00:00"):  # no budget ends a transaction
         assert processor.drain(services) == count
     assert transactions[0] == count

@@ -45,7 +45,7 @@ def ensure_account(session: Session, waba_id: str, known: Set[str] = frozenset()
     ids made sure of here are listed in ``session.info[ENSURED_ACCOUNTS]``, for the caller to
     remember once the transaction has committed.
     """
-    if waba_id in known:
+    if waba_id in known or waba_id in session.info.get(ENSURED_ACCOUNTS, ()):
         return
     insert_or_ignore(session, Account, {"waba_id": waba_id, "status": Account.ACTIVE})
     session.info.setdefault(ENSURED_ACCOUNTS, set()).add(waba_id)

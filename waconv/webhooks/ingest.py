@@ -160,15 +160,16 @@ class _Pace:
     no more deliveries than its budget allows at that pace."""
 
     WEIGHT = 0.2  # of the latest batch in the running mean
+    # Until a batch has been timed: about what one delivery applied on its own costs, so
+    # that a first transaction does not take its whole limit at once.
+    FIRST_GUESS_SECONDS = 0.001
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def __init__(self, seconds: float = FIRST_GUESS_SECONDS) -> None:
+        self.seconds = seconds
 
     def observe(self, seconds: float, deliveries: int) -> None:
         each = seconds / deliveries
-        self.seconds = (
-            each if not self.seconds else self.seconds + self.WEIGHT * (each - self.seconds)
-        )
+        self.seconds += self.WEIGHT * (each - self.seconds)
 
 
 _pace = _Pace()
