@@ -355,6 +355,9 @@ METHOD = """## How it is measured
   histogram's (F + p·N)/(N + F)-th (N posts, F fillers); `results.json` also keeps the raw
   histogram percentiles.
 - **Errors** = non-2xx answers to posts + wrk socket errors + posts left unanswered.
+- **Applied end to end** = the posts answered / (wall time of the posts + the time from the
+  last answer until the last delivery was applied); pywa stores in the request, so its req/s
+  is already its end-to-end rate. Issue 21's target: at least 1.0x pywa on each database.
 - **Stored**: after each waconv run, `webhook_deliveries` and `messages` must each hold one row
   per 200 (warm-up included) and none may be `failed`; for pywa, one click row per 200.
 - **Dispatch**: see the section above; FakeGraph runs in its own process
