@@ -1,8 +1,9 @@
-"""``python -m bench [all|ingest|dispatch|fleet|connectors|console|report] [--quick]``: run,
-then write bench/RESULTS.md.
+"""``python -m bench [all|ingest|processing|dispatch|fleet|connectors|console|report]
+[--quick]``: run, then write bench/RESULTS.md.
 
-``make bench`` runs everything. A partial run (``ingest``, ``dispatch``, ``fleet``, ``connectors``
-or ``console``) replaces only its own part of bench/results.json and rewrites RESULTS.md from it.
+``make bench`` runs everything. A partial run (``ingest``, ``processing``, ``dispatch``,
+``fleet``, ``connectors`` or ``console``) replaces only its own part of bench/results.json and
+rewrites RESULTS.md from it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from bench import common, report
 
 FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5, "orders": 1_000}
 QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1, "orders": 200}
-PARTS = ("ingest", "dispatch", "fleet", "connectors", "console")
+# Applying stored deliveries in one process: the per-delivery path takes minutes for 20,000 on
+# PostgreSQL, and three contenders alternate.
+PROCESSING = {"full": (5_000, 3), "quick": (1_000, 1)}
+PARTS = ("ingest", "processing", "dispatch", "fleet", "connectors", "console")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -29,7 +33,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "part",
         nargs="?",
-        choices=("all", "ingest", "dispatch", "fleet", "connectors", "console", "report"),
+        choices=(
+            "all",
+            "ingest",
+            "processing",
+            "dispatch",
+            "fleet",
+            "connectors",
+            "console",
+            "report",
+        ),
         default="all",
         help="report: only write RESULTS.md and latency.png again from bench/results.json",
     )
@@ -112,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
         )
         data["ingest"] = {"date": date, "command": command.strip(), **result.to_dict()}
+        report.save(data)
+    if args.part in ("all", "processing"):
+        from bench import processing
+
+        count, rounds = PROCESSING["quick" if args.quick else "full"]
+        presult = processing.run(
+            deliveries=count, rounds=rounds, backends=backends, workdir=workdir
+        )
+        data["processing"] = {"date": date, "command": command.strip(), **presult.to_dict()}
         report.save(data)
     if args.part in ("all", "dispatch"):
         from bench import dispatch

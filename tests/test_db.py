@@ -113,7 +113,8 @@ def test_the_processor_checkpoints_between_its_transactions(make_app, monkeypatc
     services = make_app(webhook_processing="background").extensions["waconv"]
     for i in range(3):
         ingest.store(services, encode(p.delivery(p.text(f"k{i}", wa_id=f"1555{i:07d}"))))
-    monkeypatch.setattr(ingest, "PROCESS_BUDGET_SECONDS", {"sqlite": 0, "postgresql": 0})
+    for budget in ("PROCESS_BUDGET_SECONDS", "IDLE_BUDGET_SECONDS"):
+        monkeypatch.setattr(ingest, budget, {"sqlite": 0, "postgresql": 0})
     monkeypatch.setattr(processor, "CHECKPOINT_SECONDS", 0)
     processed_at_checkpoint = []
 

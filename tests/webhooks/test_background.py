@@ -18,10 +18,37 @@ from sqlalchemy.exc import OperationalError
 from tests import payloads as p
 from tests.conftest import encode, signed_headers
 from waconv.models import Message, WebhookDelivery
-from waconv.webhooks import ingest, processor
+from waconv.webhooks import batch, ingest, processor
 
 # Bounded wait for the processor thread (the contract: effects within a few seconds).
 EFFECT_DEADLINE_SECONDS = 5.0
+
+
+def _failing(monkeypatch, fails, calls=None):
+    """Make processing raise ``fails(delivery_id, payload)`` (an exception or None) in both
+    paths: set-based (a batch of plain deliveries) and one by one (``process_payload``).
+    ``calls`` records ("batch", ids) and ("one", id)."""
+    real_one, real_plain = ingest.process_payload, batch.apply_plain
+
+    def one(session, services_, delivery_id, payload):
+        if calls is not None:
+            calls.append(("one", delivery_id))
+        exc = fails(delivery_id, payload)
+        if exc is not None:
+            raise exc
+        return real_one(session, services_, delivery_id, payload)
+
+    def plain(session, services_, plains):
+        if calls is not None:
+            calls.append(("batch", [m.delivery_id for m in plains]))
+        for message in plains:
+            exc = fails(message.delivery_id, message.message)
+            if exc is not None:
+                raise exc
+        return real_plain(session, services_, plains)
+
+    monkeypatch.setattr(ingest, "process_payload", one)
+    monkeypatch.setattr(batch, "apply_plain", plain)
 
 
 def _statuses(services):
@@ -89,14 +116,9 @@ def test_a_failing_delivery_does_not_stop_the_others(make_app, monkeypatch):
     good = encode(p.delivery(p.text("fine", wa_id="15550008888")))
     ingest.store(services, bad)
     ingest.store(services, good)
-    real = ingest.process_payload
-
-    def flaky(session, services_, delivery_id, payload):
-        if "boom" in str(payload):
-            raise RuntimeError("simulated bug")
-        return real(session, services_, delivery_id, payload)
-
-    monkeypatch.setattr(ingest, "process_payload", flaky)
+    _failing(
+        monkeypatch, lambda _, payload: RuntimeError("bug") if "boom" in str(payload) else None
+    )
     assert processor.drain(services) == 2
     with services.db.transaction() as s:
         rows = dict(s.execute(select(WebhookDelivery.body, WebhookDelivery.status)).all())
@@ -173,21 +195,16 @@ def test_a_failing_delivery_is_isolated_and_the_batch_still_commits_once(make_ap
     services = make_app(webhook_processing="background").extensions["waconv"]
     bodies = [encode(p.delivery(p.text(f"m{i}", wa_id=f"1555000{i:04d}"))) for i in range(5)]
     bad = encode(p.delivery(p.text("boom", wa_id="15550009999")))
-    for body in [*bodies[:2], bad, *bodies[2:]]:
-        ingest.store(services, body)
-    real = ingest.process_payload
-    calls = []
-
-    def flaky(session, services_, delivery_id, payload):
-        calls.append(delivery_id)
-        if "boom" in str(payload):
-            raise RuntimeError("simulated bug")
-        return real(session, services_, delivery_id, payload)
-
-    monkeypatch.setattr(ingest, "process_payload", flaky)
+    ids = [ingest.store(services, b).delivery_id for b in [*bodies[:2], bad, *bodies[2:]]]
+    calls: list = []
+    _failing(
+        monkeypatch,
+        lambda _, payload: RuntimeError("bug") if "boom" in str(payload) else None,
+        calls,
+    )
     assert ingest.process_received(services, budget_seconds=60) == 6
-    # Applied together first (stopping at the bad one), then one by one in savepoints.
-    assert len(calls) == 3 + 6
+    # Applied together first (one set-based step for all six), then one by one in savepoints.
+    assert calls == [("batch", ids)] + [("one", i) for i in ids]
     with services.db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(Message)) == 5
         items = dict(s.execute(select(WebhookDelivery.body, WebhookDelivery.items)).all())
@@ -200,7 +217,8 @@ def test_an_orphaned_processor_leaves_between_transactions_of_a_backlog(make_app
     for i in range(5):
         ingest.store(services, encode(p.delivery(p.text(f"b{i}", wa_id=f"1555000{i:04d}"))))
     # One delivery per transaction: the backlog takes five transactions.
-    monkeypatch.setattr(ingest, "PROCESS_BUDGET_SECONDS", {"sqlite": 0, "postgresql": 0})
+    for budget in ("PROCESS_BUDGET_SECONDS", "IDLE_BUDGET_SECONDS"):
+        monkeypatch.setattr(ingest, budget, {"sqlite": 0, "postgresql": 0})
     answers = iter([True, True])  # run() looks once, drain() once; then the worker is gone
     processor.run(services, stop=threading.Event(), alive=lambda: next(answers, False))
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 1, WebhookDelivery.RECEIVED: 4}
@@ -232,6 +250,8 @@ def _drain_busy_at(services, monkeypatch, *, stored_at: str, drained_at: str) ->
             ingest.store(services, encode(p.delivery(p.text(f"r{i}", wa_id=f"1555000{i:04d}"))))
     rests: list[float] = []
     monkeypatch.setattr(processor.time, "sleep", rests.append)
+    # The clock stands still, so the budget never ends a transaction: no pace from before.
+    monkeypatch.setattr(ingest, "_pace", ingest._Pace(0.0))
     with freeze_time(drained_at):  # the clock stands still: the lag is looked up once
         assert processor.drain(services, busy=lambda: True) == count
     return rests
@@ -284,16 +304,15 @@ def test_a_deadlock_victim_in_a_batch_is_left_for_the_next_transaction(make_app,
         for i in range(3)
     ]
     victim = stored[1].delivery_id
-    real = ingest.process_payload
     victims = []
 
-    def process_payload(session, services, delivery_id, payload):
+    def fails(delivery_id, _):
         if delivery_id == victim and len(victims) < 2:  # in the batch, then in its savepoint
             victims.append(delivery_id)
-            raise OperationalError("SELECT ... FOR UPDATE", {}, _Deadlock("deadlock detected"))
-        return real(session, services, delivery_id, payload)
+            return OperationalError("SELECT ... FOR UPDATE", {}, _Deadlock("deadlock detected"))
+        return None
 
-    monkeypatch.setattr(ingest, "process_payload", process_payload)
+    _failing(monkeypatch, fails)
     assert ingest.process_received(services, budget_seconds=60) == 2
     assert _statuses(services) == {WebhookDelivery.PROCESSED: 2, WebhookDelivery.RECEIVED: 1}
     assert ingest.process_received(services, budget_seconds=60) == 1

@@ -45,7 +45,7 @@ def ensure_account(session: Session, waba_id: str, known: Set[str] = frozenset()
     ids made sure of here are listed in ``session.info[ENSURED_ACCOUNTS]``, for the caller to
     remember once the transaction has committed.
     """
-    if waba_id in known:
+    if waba_id in known or waba_id in session.info.get(ENSURED_ACCOUNTS, ()):
         return
     insert_or_ignore(session, Account, {"waba_id": waba_id, "status": Account.ACTIVE})
     session.info.setdefault(ENSURED_ACCOUNTS, set()).add(waba_id)
@@ -250,6 +250,20 @@ def _click_column(key: str, value: Any) -> str | None:
     return text[:length] if length else text
 
 
+def click_row(
+    conversation_id: int, wamid: str, referral: dict[str, Any], at: datetime
+) -> dict[str, Any]:
+    """The ``clicks`` row of a referral (see ``record_click``)."""
+    return {
+        "conversation_id": conversation_id,
+        "message_wamid": wamid,
+        "ctwa_clid": click_id(referral),
+        **{k: _click_column(k, v) for k, v in _ad(referral).items()},
+        "referral": referral,
+        "clicked_at": at,
+    }
+
+
 def record_click(
     session: Session,
     conversation: Conversation,
@@ -264,18 +278,7 @@ def record_click(
     """
     ad = _ad(referral)
     clid = click_id(referral)
-    row_id = insert_or_ignore(
-        session,
-        Click,
-        {
-            "conversation_id": conversation.id,
-            "message_wamid": wamid,
-            "ctwa_clid": clid,
-            **{k: _click_column(k, v) for k, v in ad.items()},
-            "referral": referral,
-            "clicked_at": at,
-        },
-    )
+    row_id = insert_or_ignore(session, Click, click_row(conversation.id, wamid, referral, at))
     if row_id is None:
         return
     if clid:

@@ -32,7 +32,8 @@ from waconv.conversations.store import ENSURED_ACCOUNTS
 from waconv.db import insert_or_ignore, time_binder
 from waconv.models import WebhookDelivery
 from waconv.services import Services
-from waconv.webhooks.processing import process_payload
+from waconv.webhooks.batch import apply_batch
+from waconv.webhooks.processing import needs_scrub, process_payload, scrub
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,35 @@ def _receive_inline(services: Services, raw: bytes, payload: dict[str, Any]) -> 
 # (the requests only insert), so it runs longer and spends less on each commit.
 PROCESS_BUDGET_SECONDS: dict[str, float] = {"sqlite": 0.005, "postgresql": 0.05}
 PROCESS_BATCH = 50
+# While no request has come for a moment (``idle``), nothing waits for SQLite's lock either:
+# bigger transactions spend less per delivery on the batch's statements and its commit.
+IDLE_BUDGET_SECONDS: dict[str, float] = {"sqlite": 0.05, "postgresql": 0.3}
+IDLE_BATCH = 500
 
 
-def process_received(services: Services, *, budget_seconds: float | None = None) -> int:
+class _Pace:
+    """What applying one delivery took lately (set-based, per batch): a transaction takes
+    no more deliveries than its budget allows at that pace."""
+
+    WEIGHT = 0.2  # of the latest batch in the running mean
+    # Until a batch has been timed: about what one delivery applied on its own costs, so
+    # that a first transaction does not take its whole limit at once.
+    FIRST_GUESS_SECONDS = 0.001
+
+    def __init__(self, seconds: float = FIRST_GUESS_SECONDS) -> None:
+        self.seconds = seconds
+
+    def observe(self, seconds: float, deliveries: int) -> None:
+        each = seconds / deliveries
+        self.seconds += self.WEIGHT * (each - self.seconds)
+
+
+_pace = _Pace()
+
+
+def process_received(
+    services: Services, *, budget_seconds: float | None = None, idle: bool = False
+) -> int:
     """Process stored deliveries in one short transaction; return how many were processed.
 
     The deliveries of a transaction are first applied together, without a savepoint each (two
@@ -161,12 +188,13 @@ def process_received(services: Services, *, budget_seconds: float | None = None)
     """
     budget = budget_seconds
     if budget is None:
-        budget = PROCESS_BUDGET_SECONDS[services.db.dialect]
+        budget = (IDLE_BUDGET_SECONDS if idle else PROCESS_BUDGET_SECONDS)[services.db.dialect]
+    limit = IDLE_BATCH if idle else PROCESS_BATCH
     try:
-        return _process_batch(services, budget, isolate=False)
+        return _process_batch(services, budget, limit, isolate=False)
     except Exception as exc:
         log.info("webhook.processing.retrying_one_by_one after %s", type(exc).__name__)
-        return _process_batch(services, budget, isolate=True)
+        return _process_batch(services, budget, limit, isolate=True)
 
 
 def oldest_waiting(services: Services) -> datetime | None:
@@ -180,7 +208,7 @@ def oldest_waiting(services: Services) -> datetime | None:
         )
 
 
-def _process_batch(services: Services, budget: float, *, isolate: bool) -> int:
+def _process_batch(services: Services, budget: float, limit: int, *, isolate: bool) -> int:
     started = time.monotonic()
     processed: list[tuple[int, int]] = []  # (delivery id, items)
     failed = 0
@@ -189,27 +217,34 @@ def _process_batch(services: Services, budget: float, *, isolate: bool) -> int:
             select(WebhookDelivery.id, WebhookDelivery.body)
             .where(WebhookDelivery.status == WebhookDelivery.RECEIVED)
             .order_by(WebhookDelivery.id)
-            .limit(PROCESS_BATCH)
+            .limit(limit)
         )
         if services.db.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
+        parsed: list[tuple[int, dict[str, Any]]] = []
         for delivery_id, body in session.execute(query).all():
-            if (processed or failed) and time.monotonic() - started > budget:
+            taken = len(parsed) + failed
+            if taken and time.monotonic() - started + taken * _pace.seconds > budget:
                 break
             payload = _payload_or_failure(session, delivery_id, body)
             if payload is None:
                 failed += 1
-                continue
-            if isolate:
+            elif not isolate:
+                if needs_scrub(body or b""):
+                    payload = scrub(payload)
+                parsed.append((delivery_id, payload))
+            else:
                 items = _apply_isolated(
                     services, session, delivery_id, payload, defer_conflicts=True
                 )
-            else:
-                items = process_payload(session, services, delivery_id, payload)
-            if items is None:
-                failed += 1
-            elif items != DEFERRED:
-                processed.append((delivery_id, items))
+                if items is None:
+                    failed += 1
+                elif items != DEFERRED:
+                    processed.append((delivery_id, items))
+        if parsed:
+            applying = time.monotonic()
+            processed += apply_batch(session, services, parsed, process_payload)
+            _pace.observe(time.monotonic() - applying, len(parsed))
         _mark_processed(session, processed)
         ensured = session.info.get(ENSURED_ACCOUNTS, set())
     services.known_accounts.update(ensured)  # committed: they exist for good
@@ -233,15 +268,17 @@ def _mark_processed(session: Session, processed: Sequence[tuple[int, int]]) -> N
     if not processed:
         return
     now = utcnow()
-    session.connection().execute(
-        _MARK_PROCESSED,
-        [{"delivery_id": d, "items": items, "processed_at": now} for d, items in processed],
-    )
+    by_items: dict[int, list[int]] = {}  # one UPDATE per item count: mostly one in all
+    for delivery_id, items in processed:
+        by_items.setdefault(items, []).append(delivery_id)
+    connection = session.connection()
+    for items, ids in by_items.items():
+        connection.execute(_MARK_PROCESSED, {"ids": ids, "items": items, "processed_at": now})
 
 
 _MARK_PROCESSED = (
     update(WebhookDelivery)
-    .where(WebhookDelivery.id == bindparam("delivery_id"))
+    .where(WebhookDelivery.id.in_(bindparam("ids", expanding=True)))
     .values(
         status=WebhookDelivery.PROCESSED,
         error=None,

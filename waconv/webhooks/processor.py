@@ -234,7 +234,7 @@ def drain(
     lag = _Lag(services)
     while (stop is None or not stop.is_set()) and (alive is None or alive()):
         started = time.monotonic()
-        done = process_received(services)
+        done = process_received(services, idle=busy is None or not busy())
         total += done
         if done == 0:
             break
