@@ -34,6 +34,8 @@ def test_the_claim_reads_the_partial_due_index_on_sqlite(ready: Services, after:
         "now": bind(utcnow()),
         "oldest": bind(utcnow()),
         "limit": 1000,
+        "per_event": 400,
+        "max_bytes": 3 * 1024 * 1024,
         "after_due": bind(utcnow()),
         "after_id": 0,
     }

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from freezegun.api import FrozenDateTimeFactory
 
+from tests.conftest import WABA_ID
 from tests.dispatch.helpers import account, enqueue_many, setup_account, status_counts
 from waconv.conversions.dispatcher import Dispatcher
 from waconv.gateway.fake import FakeGateway
@@ -66,3 +67,26 @@ def test_a_gateway_413_splits_instead_of_failing(
 
     assert fake_gateway.accepted_event_ids() == {eid: 1 for eid in ids}
     assert status_counts(services) == {Conversion.SENT: 4}
+
+
+def test_a_backlog_of_large_events_is_read_a_request_at_a_time(
+    ready: Services, fake_graph: FakeGraph
+) -> None:
+    """A claim stops at a request's byte cap, so a dispatcher never holds a thousand large
+    events at once (bench/fleet.py measures the memory); every event still goes, once."""
+    from waconv.clock import utcnow
+    from waconv.conversions import queue
+    from waconv.conversions.schedule import send_limit
+
+    big = {"value": 1, "currency": "USD", "note": "x" * 400_000}
+    ids = enqueue_many(ready, 20, custom_data=big)  # 8 MB: three requests' worth
+    now = utcnow()
+    first = queue.claim(ready.db, WABA_ID, 1000, now=now, oldest=send_limit(now))
+    assert 1 <= len(first.rows) <= 8 and first.more
+
+    stats = Dispatcher(ready).run_once()
+
+    assert stats.sent == 20
+    assert fake_graph.accepted_event_ids() == {eid: 1 for eid in ids}
+    assert len(fake_graph.events_requests()) >= 3
+    assert status_counts(ready) == {Conversion.SENT: 20}

@@ -10,7 +10,7 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from tests import payloads as p
-from tests.conftest import _empty_tables, encode
+from tests.conftest import encode
 from waconv.models import (
     Click,
     Conversation,
@@ -207,7 +207,7 @@ def _drain(services, bodies) -> int:
 @freeze_time("2026-05-28 20:26:40")
 @pytest.mark.parametrize("customer_info", [False, True])
 def test_a_batch_leaves_what_one_delivery_at_a_time_leaves(
-    make_app, db_url, rules_path, monkeypatch, caplog, customer_info
+    make_app, db_url, _databases, rules_path, monkeypatch, caplog, customer_info
 ):
     rules_path.write_text(RULES)
     bodies = [encode(d) for d in _scenario()]
@@ -218,7 +218,7 @@ def test_a_batch_leaves_what_one_delivery_at_a_time_leaves(
         m.setattr(batch, "plain_messages", lambda *_: None)
         assert _drain(one_by_one.extensions["waconv"], bodies) == len(bodies)
     expected = _snapshot(one_by_one.extensions["waconv"])
-    _empty_tables(db_url)
+    _databases.empty("postgresql" if db_url.startswith("postgresql") else "sqlite")
 
     applied: list[str] = []
     real = batch.apply_plain

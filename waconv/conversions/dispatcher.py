@@ -167,10 +167,12 @@ class Claimed:
     destination: Destination | None = None
     # The outcome is recorded per destination (conversion_deliveries), not on the conversion.
     tracked: bool = False
+    # Due events may remain after these (the claim was full, or stopped at the byte cap).
+    more: bool = False
 
     def to(self, destination: Destination) -> Claimed:
         """The same claim, for ``destination``, recorded per destination."""
-        return Claimed(self.lease, self.rows, self.events, destination, tracked=True)
+        return Claimed(self.lease, self.rows, self.events, destination, True, self.more)
 
     @property
     def at(self) -> str | None:
@@ -467,7 +469,7 @@ class Dispatcher:
         if not claimed.rows:
             return
         rows = self._build_events(creds, claimed, stats)
-        if probing or len(claimed.rows) < self.batch_size:  # nothing more to pipeline
+        if probing or not claimed.more:  # nothing more to pipeline
             if rows:
                 self._deliver(creds, claimed, rows, stats, probing=probing)
             return
@@ -490,7 +492,7 @@ class Dispatcher:
             rows = self._build_events(creds, claimed, stats)
             if not self._deliver_routed(creds, claimed, rows, stats, probing=probing):
                 return
-            if probing or len(claimed.rows) < limit or not self._more_batches(lease, turn_ends):
+            if probing or not claimed.more or not self._more_batches(lease, turn_ends):
                 return
             after = claimed.last
 
@@ -724,7 +726,7 @@ class Dispatcher:
                             stats.sent += previous.result()
                     if more and self._more_batches(lease, turn_ends):
                         fresh = self._claim(lease, self.batch_size, after=after)
-                        more = len(fresh.rows) == self.batch_size
+                        more = fresh.more
                         if fresh.rows:
                             after = fresh.last
                             queued = (fresh, self._build_events(creds, fresh, stats))
@@ -837,10 +839,10 @@ class Dispatcher:
         to send are left to the expiry sweep. A read, not a write: the account's lease keeps
         other dispatchers away from these events."""
         now = utcnow()
-        rows = queue.claim(
+        rows, more = queue.claim(
             self.db, lease.waba_id, limit, now=now, oldest=send_limit(now), after=after
         )
-        return Claimed(lease, rows, destination=self.destinations[GRAPH])
+        return Claimed(lease, rows, destination=self.destinations[GRAPH], more=more)
 
     # -- sending ----------------------------------------------------------------------------------
 
