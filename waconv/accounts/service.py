@@ -337,8 +337,9 @@ def _view(account: Account, services: Services) -> AccountView:
 
 def why_idle(services: Services) -> list[str]:
     """Why each account with events waiting sent none of them now, one line each: held (the
-    reason, with the command that fixes it), paused until its next probe, backing off until
-    its next retry, or leased by another dispatcher. For ``waconv dispatch --once``."""
+    reason, with the command that fixes it), paused until its next probe, throttled by Meta's
+    rate limit until a time, backing off until its next retry, or leased by another
+    dispatcher. For ``waconv dispatch --once``."""
     from sqlalchemy import func, select
 
     from waconv.clock import utcnow
@@ -360,6 +361,16 @@ def why_idle(services: Services) -> list[str]:
                 lines.append(
                     f"account {waba_id}: paused until {isoformat(account.probe_at)} (its next "
                     f"probe), {events} waiting: {account.status_reason}"
+                )
+                continue
+            if (
+                account is not None
+                and account.throttled_until is not None
+                and account.throttled_until > now
+            ):
+                lines.append(
+                    f"account {waba_id}: throttled until {isoformat(account.throttled_until)}, "
+                    f"{events} waiting: {account.throttle_reason}"
                 )
                 continue
             held = session.scalar(

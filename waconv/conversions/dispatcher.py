@@ -64,7 +64,7 @@ from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
 from waconv.accounts.service import AccountError, provision_dataset
 from waconv.clock import utcnow
 from waconv.config import LEASE_SLACK_SECONDS, ConfigError
-from waconv.conversions import queue
+from waconv.conversions import queue, throttle
 from waconv.conversions.destinations import (
     GATEWAY,
     GRAPH,
@@ -88,6 +88,7 @@ from waconv.conversions.queue import (
 )
 from waconv.conversions.requestlog import RequestRecord, record_request
 from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit
+from waconv.conversions.throttle import Throttle
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition
 from waconv.metrics import CONVERSION_EVENTS, GRAPH_REQUESTS
@@ -154,6 +155,7 @@ class AccountLease:
     token: str
     until: datetime
     lost: bool = False  # another dispatcher took the account after the lease ran out
+    throttled: bool = False  # Meta's rate limit holds the account: the turn ends
 
 
 @dataclass
@@ -253,6 +255,9 @@ class Dispatcher:
         self._unswept: set[str] = set()
         self._stop: threading.Event | None = None  # run_forever's stop request
         self._deadline: float | None = None  # run_once's max_seconds, in time.monotonic()
+        # The app's rate limit, as this dispatcher last recorded it: turns in flight stop
+        # (the accounts' rows say it to every dispatcher's next step).
+        self._app_throttled_until: datetime | None = None
 
     @property
     def graph(self) -> GraphClient:
@@ -326,7 +331,7 @@ class Dispatcher:
     def _turn(self, waba_id: str) -> DispatchStats:
         """One account's turn; its failure is logged and counted, never raised (one account's
         trouble must not starve the others). Nothing once run_forever is asked to stop."""
-        if self._stopping():
+        if self._stopping() or self._app_throttled():
             return DispatchStats()
         try:
             return self._dispatch_account(waba_id)
@@ -378,6 +383,7 @@ class Dispatcher:
                     .where(
                         or_(Account.status == Account.ACTIVE, Account.probe_at <= now),
                         lease_free(now),
+                        throttle.unthrottled(now),
                         pending,
                     )
                     .order_by(Account.waba_id)
@@ -649,7 +655,7 @@ class Dispatcher:
 
     def _more_batches(self, lease: AccountLease, turn_ends: float) -> bool:
         """Whether this account's turn may claim another batch."""
-        if lease.lost:
+        if lease.lost or lease.throttled or self._app_throttled():
             return False
         now = time.monotonic()
         if now >= turn_ends or (self._deadline is not None and now > self._deadline):
@@ -678,7 +684,7 @@ class Dispatcher:
         lease = claimed.lease
         after = claimed.last
         queued: tuple[Claimed, list[Row]] | None = (claimed, rows)  # claimed, built, unsent
-        flying: tuple[Claimed, list[Row], Future[None]] | None = None
+        flying: tuple[Claimed, list[Row], Future[Throttle | None]] | None = None
         recording: Future[int] | None = None  # the last batch Meta took, being marked sent
         more = True  # the last claim was full: more may be due
         with (
@@ -692,15 +698,19 @@ class Dispatcher:
                         sent_claim, sent_rows, future = flying
                         flying = None
                         try:
-                            future.result()
+                            throttled = future.result()
                         except Refusal as err:
                             if not self._rejected(creds, sent_claim, sent_rows, err, stats):
-                                if queued is not None:  # the account paused: they wait too
+                                if queued is not None and not lease.throttled:
+                                    # The account paused: they wait too (throttled, the
+                                    # queued batch, only read, waits as it is).
                                     self._record_account_problem(queued[0], err, creds, stats)
-                                    queued = None
                                 return
                         else:
                             answered = sent_rows
+                            if throttled is not None:  # the rest of the turn waits
+                                self._throttle(lease, throttled)
+                                queued, more = None, False
                     if queued is not None and self._stopping():
                         # Stopping: the batch in flight was the last. This one was only
                         # read; it stays pending for the next dispatcher.
@@ -751,7 +761,7 @@ class Dispatcher:
         creds: Credentials,
         claimed: Claimed,
         rows: list[Row],
-        future: Future[None],
+        future: Future[Throttle | None],
         stats: DispatchStats,
     ) -> None:
         """Record what the request in flight did, when the pipeline failed meanwhile: events
@@ -898,10 +908,13 @@ class Dispatcher:
             return True
         stats.requests += 1
         try:
-            self._post(creds, claimed, rows)
+            throttled = self._post(creds, claimed, rows)
         except Refusal as err:
             return self._rejected(creds, claimed, rows, err, stats, probing=probing)
         self._accepted(creds, claimed, rows, stats, probing=probing)
+        if throttled is not None:
+            self._throttle(claimed.lease, throttled)
+            return False
         return True
 
     def _sendable(self, claimed: Claimed, rows: Sequence[Row], stats: DispatchStats) -> list[Row]:
@@ -915,9 +928,9 @@ class Dispatcher:
             rows = [r for r in rows if r.event_time >= limit]
         return rows
 
-    def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> None:
+    def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> Throttle | None:
         """The request alone: no database, no shared state. Raises Refusal unless the
-        destination took every event."""
+        destination took every event; the rate limit its answer reports as reached, if any."""
         assert claimed.destination is not None
         try:
             receipt = claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
@@ -926,6 +939,7 @@ class Dispatcher:
                 self._log_request(creds, claimed, rows, err.receipt, err)
             raise
         self._log_request(creds, claimed, rows, receipt, None)
+        return receipt.throttle
 
     def _log_request(
         self,
@@ -1016,12 +1030,43 @@ class Dispatcher:
             self._record_account_problem(claimed, err, creds, stats)
             return False
         else:
-            retried, expired = self._record_retry(claimed, rows, err)
+            until = None
+            if err.throttle is not None:  # the account (or app) backs off as a whole
+                attempts = max(r.attempts for r in rows) + 1
+                until = self._throttle(claimed.lease, err.throttle, attempts)
+            retried, expired = self._record_retry(claimed, rows, err, not_before=until)
             stats.retried += retried
             stats.expired += expired
             if probing:  # no verdict on the account: ask again later, not event by event
                 self._postpone_probe(creds.waba_id)
+            if until is not None:  # the rest of the turn waits too
+                return False
         return True
+
+    def _throttle(self, lease: AccountLease, reported: Throttle, attempts: int = 1) -> datetime:
+        """Hold the account (or, for the app's limit, every account) for Meta's estimate,
+        else for the retry backoff of ``attempts``; until when. The turn ends."""
+        waba_id = lease.waba_id
+        lease.throttled = True
+        now = utcnow()
+        until = now + (reported.after or backoff(attempts, self.settings.retry_base_seconds))
+        with self.db.transaction() as session:
+            throttle.record(session, waba_id, reported, until)
+        if reported.app_wide:
+            current = self._app_throttled_until
+            self._app_throttled_until = until if current is None else max(current, until)
+        log.warning(
+            "account.throttled waba_id=%s scope=%s until=%s reason=%s",
+            waba_id,
+            reported.scope,
+            until.isoformat(),
+            reported.reason,
+        )
+        return until
+
+    def _app_throttled(self) -> bool:
+        until = self._app_throttled_until
+        return until is not None and utcnow() < until
 
     def _keep_lease(self, claimed: Claimed, rows: Sequence[Row]) -> list[Row]:
         """The ``rows``, if the account's lease outlasts the coming request; none if another
@@ -1116,8 +1161,16 @@ class Dispatcher:
             )
         return count
 
-    def _record_retry(self, claimed: Claimed, rows: Sequence[Row], err: Refusal) -> tuple[int, int]:
-        """Back off each event; one whose next try would cross the 7-day limit expires now."""
+    def _record_retry(
+        self,
+        claimed: Claimed,
+        rows: Sequence[Row],
+        err: Refusal,
+        *,
+        not_before: datetime | None = None,
+    ) -> tuple[int, int]:
+        """Back off each event (until ``not_before``, the account's throttle, when given); one
+        whose next try would cross the 7-day limit expires now."""
         now = utcnow()
         sentence = err.sentence
         base = self.settings.retry_base_seconds
@@ -1127,7 +1180,8 @@ class Dispatcher:
         for r in rows:
             by_attempts.setdefault(r.attempts + 1, []).append(r)  # this one included
         for attempts, group in by_attempts.items():
-            next_at = now + backoff(attempts, base)
+            # Throttled, the batch goes again when the account does.
+            next_at = not_before or now + backoff(attempts, base)
             # The next try must still be in time: next_at + margin < event_time + 7 days.
             last_chance = send_limit(next_at)
             keep = [r for r in group if r.event_time >= last_chance]
