@@ -343,6 +343,7 @@ def why_idle(services: Services) -> list[str]:
     from sqlalchemy import func, select
 
     from waconv.clock import utcnow
+    from waconv.conversions.held import held_reason, is_held
     from waconv.models import Conversion
 
     now = utcnow()
@@ -378,12 +379,12 @@ def why_idle(services: Services) -> list[str]:
                 .where(
                     Conversion.waba_id == waba_id,
                     Conversion.status == Conversion.PENDING,
-                    Conversion.last_error.startswith(registry.HELD_PREFIX, autoescape=True),
+                    is_held(),
                 )
                 .limit(1)
             )
-            if held is not None:
-                reason = held.removeprefix(registry.HELD_PREFIX).strip()
+            reason = held_reason(held)
+            if reason is not None:
                 lines.append(f"account {waba_id}: {events} held: {reason}")
             elif next_at is not None and next_at > now:
                 lines.append(f"account {waba_id}: {events} backing off until {isoformat(next_at)}")

@@ -41,13 +41,14 @@ more of that account: another dispatcher owns its events now.
 Where events go is a destination's business (waconv.conversions.destinations); an account
 with a Conversions API Gateway has its outcomes recorded per destination (conversion_deliveries)
 and takes the unpipelined ``_routed_turn``. The SQL lives in waconv.conversions.queue, the
-retry schedule in waconv.conversions.schedule.
+retry schedule in waconv.conversions.schedule, the account lease in waconv.conversions.lease,
+whether an account can send (credentials, dataset) in waconv.conversions.readiness, and Meta's
+rate limits in waconv.conversions.throttle: this module orchestrates.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -61,10 +62,9 @@ from sqlalchemy.orm import Session
 
 from waconv.accounts import registry
 from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
-from waconv.accounts.service import AccountError, provision_dataset
 from waconv.clock import utcnow
-from waconv.config import LEASE_SLACK_SECONDS, ConfigError
-from waconv.conversions import queue, throttle
+from waconv.conversions import lease as leases
+from waconv.conversions import queue, readiness, throttle
 from waconv.conversions.destinations import (
     GATEWAY,
     GRAPH,
@@ -76,6 +76,8 @@ from waconv.conversions.destinations import (
     Routing,
 )
 from waconv.conversions.events import build_meta_event
+from waconv.conversions.held import held
+from waconv.conversions.lease import LEASE, LEASE_SLACK, AccountLease
 from waconv.conversions.queue import (
     STALE_REASON,
     UNSETTLED,
@@ -86,6 +88,7 @@ from waconv.conversions.queue import (
     lease_free,
     rowcount,
 )
+from waconv.conversions.readiness import HOLD_DELAY, PROVISION_RETRY
 from waconv.conversions.requestlog import RequestRecord, record_request
 from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit
 from waconv.conversions.throttle import Throttle
@@ -95,22 +98,22 @@ from waconv.metrics import CONVERSION_EVENTS, GRAPH_REQUESTS
 from waconv.models import Account, Conversion, ConversionDelivery
 from waconv.services import Services
 
-__all__ = ["MAX_BACKOFF", "SEND_MARGIN", "Claimed", "DispatchStats", "Dispatcher", "backoff"]
+__all__ = [
+    "HOLD_DELAY",
+    "LEASE",
+    "MAX_BACKOFF",
+    "PROVISION_RETRY",
+    "SEND_MARGIN",
+    "AccountLease",
+    "Claimed",
+    "DispatchStats",
+    "Dispatcher",
+    "backoff",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # Meta rejects requests with more events
-# The default of WACONV_LEASE_SECONDS (the contract: events leased by a dispatcher that died
-# are due again within 60 seconds).
-LEASE = timedelta(seconds=60)
-# Before each request the lease must outlast the request timeout by this much, else it is
-# extended first (a long split makes many requests under one claim).
-LEASE_SLACK = timedelta(seconds=LEASE_SLACK_SECONDS)
-# A WABA whose dataset could not be created automatically is tried again this often (a
-# transient Graph failure must not hold its events until an operator steps in).
-PROVISION_RETRY = timedelta(hours=1)
-# Events of an account that cannot send (no token, no dataset) are looked at again after this.
-HOLD_DELAY = timedelta(seconds=60)
 IDLE_POLL_SECONDS = 1.0  # the contract: idle, look for due events at least once a second
 # The sweep that marks stale events `expired` scans every due event; claims skip stale events
 # anyway, so the sweep runs in the first step of each run_once and then at most this often.
@@ -145,17 +148,6 @@ class DispatchStats:
     @property
     def moved(self) -> int:
         return self.sent + self.retried + self.failed + self.expired + self.held
-
-
-@dataclass
-class AccountLease:
-    """A dispatcher's hold on one account: while it lasts, nobody else sends its events."""
-
-    waba_id: str
-    token: str
-    until: datetime
-    lost: bool = False  # another dispatcher took the account after the lease ran out
-    throttled: bool = False  # Meta's rate limit holds the account: the turn ends
 
 
 @dataclass
@@ -400,71 +392,32 @@ class Dispatcher:
         try:
             self._account_turn(lease, stats)
         finally:
-            self._give_back(lease)
+            leases.give_back(self.db, lease)
         return stats
 
     def _take_lease(self, session: Session, waba_id: str) -> AccountLease | None:
-        now = utcnow()
-        token = secrets.token_hex(8)
-        until = now + self.lease
-        result = session.execute(
-            update(Account)
-            .where(Account.waba_id == waba_id, lease_free(now))
-            .values(dispatch_token=token, dispatch_leased_until=until)
-            .execution_options(synchronize_session=False)
-        )
-        return AccountLease(waba_id, token, until) if rowcount(result) else None
-
-    def _give_back(self, lease: AccountLease) -> None:
-        """End of the turn: the account is free for any dispatcher (best effort: if this
-        fails, the lease lapses)."""
-        try:
-            self._update_lease(lease, dispatch_token=None, dispatch_leased_until=None)
-        except Exception:
-            log.exception("dispatcher.lease_release_failed waba_id=%s", lease.waba_id)
-
-    def _update_lease(self, lease: AccountLease, **values: Any) -> bool:
-        """Set ``values`` on the account if ``lease`` still holds it; whether it did."""
-        with self.db.transaction() as session:
-            result = session.execute(
-                update(Account)
-                .where(Account.waba_id == lease.waba_id, Account.dispatch_token == lease.token)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-        return rowcount(result) > 0
+        return leases.take(session, waba_id, self.lease)
 
     def _account_turn(self, lease: AccountLease, stats: DispatchStats) -> None:
         waba_id = lease.waba_id
         if waba_id in self._unswept:
             stats.expired += self._expire_stale(lease)
-        provision = False
         with self.db.transaction() as session:
             account = registry.get_account(session, waba_id)
             if account is None:
                 return
-            creds, problem = self._credentials(account)
-            probing = account.status == Account.PAUSED
-            if creds is not None and creds.dataset_id is None:
-                tried = account.dataset_provision_tried_at
-                if creds.token is None:  # a Gateway-only account: nothing to provision with
-                    problem = self._no_dataset(waba_id)
-                elif tried is None or utcnow() - tried >= PROVISION_RETRY:
-                    # Recorded (and committed) before the call: one try, whoever gets here first.
-                    account.dataset_provision_tried_at = utcnow()
-                    provision = True
-                else:
-                    problem = self._no_dataset(waba_id)
-            if problem is not None:
-                stats.held = self._hold(session, waba_id, problem)
+            ready = readiness.check(account, self.settings)
+            if ready.problem is not None:
+                stats.held = readiness.hold(session, waba_id, ready.problem)
                 return
+        creds, probing = ready.creds, ready.probing
         assert creds is not None
-        if provision:
+        if ready.provision:
             # The Graph call happens with no transaction open (SQLite would hold its write lock).
-            creds = self._provision(creds)
+            creds = readiness.provision(self.services, creds, self.graph)
             if creds.dataset_id is None:
                 with self.db.transaction() as session:
-                    stats.held = self._hold(session, waba_id, self._no_dataset(waba_id))
+                    stats.held = readiness.hold(session, waba_id, readiness.no_dataset(waba_id))
                 return
         if not creds.routing.graph_only:
             self._routed_turn(creds, lease, stats, probing=probing)
@@ -776,65 +729,6 @@ class Dispatcher:
         except Exception:
             log.exception("conversion.record_failed count=%s; sent but still pending", len(rows))
 
-    def _credentials(self, account: Account) -> tuple[Credentials | None, str | None]:
-        """The account's credentials, or why its events must wait."""
-        try:
-            creds = registry.credentials(account, self.settings)
-        except ConfigError as exc:  # a stored secret does not open with this key, or bad events
-            return None, f"held: cannot read the settings of {account.waba_id}: {exc}"
-        if creds.token is None and creds.routing.uses_graph:
-            return None, (
-                f"held: no access token for WhatsApp Business Account {account.waba_id}; run "
-                f"`waconv accounts set-token --waba-id {account.waba_id}` or set "
-                "WACONV_ACCESS_TOKEN"
-            )
-        if creds.routing.uses_gateway and not (creds.gateway_url and creds.gateway_key):
-            return None, (
-                f"held: WhatsApp Business Account {account.waba_id} sends to a Conversions API "
-                "Gateway but has no Gateway URL or access key; run `waconv accounts set "
-                f"--waba-id {account.waba_id} --destination {creds.routing.destination} "
-                "--gateway-url URL --gateway-key-stdin` or set WACONV_GATEWAY_URL and "
-                "WACONV_GATEWAY_ACCESS_KEY"
-            )
-        return creds, None
-
-    @staticmethod
-    def _no_dataset(waba_id: str) -> str:
-        return (
-            f"held: WhatsApp Business Account {waba_id} has no dataset; run "
-            f"`waconv provision-dataset --waba-id {waba_id}`"
-        )
-
-    def _provision(self, creds: Credentials) -> Credentials:
-        """A WABA without a dataset gets one once, automatically, when the token allows it."""
-        waba_id = creds.waba_id
-        try:
-            provision_dataset(self.services, waba_id, graph=self.graph, retried=True)
-        except AccountError as exc:
-            GRAPH_REQUESTS.labels(endpoint="dataset", outcome="error").inc()
-            log.error("account.provision_failed waba_id=%s reason=%s", waba_id, exc)
-            return creds
-        GRAPH_REQUESTS.labels(endpoint="dataset", outcome="ok").inc()
-        with self.db.transaction() as session:
-            account = registry.get_account(session, waba_id)
-            if account is None:
-                return creds
-            new, _ = self._credentials(account)
-        return new or creds
-
-    def _hold(self, session: Session, waba_id: str, reason: str) -> int:
-        now = utcnow()
-        result = session.execute(
-            update(Conversion)
-            .where(Conversion.waba_id == waba_id, is_due(now))
-            .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
-            .execution_options(synchronize_session=False)
-        )
-        held = _counted(rowcount(result), "held")
-        if held:
-            log.warning("conversion.held waba_id=%s count=%s reason=%s", waba_id, held, reason)
-        return held
-
     def _claim(
         self,
         lease: AccountLease,
@@ -1080,20 +974,15 @@ class Dispatcher:
         lease = claimed.lease
         if lease.lost:
             return []
-        now = utcnow()
         needed = timedelta(seconds=self.settings.graph_timeout_seconds) + LEASE_SLACK
-        if lease.until - now < needed:
-            until = now + max(self.lease, needed)
-            if not self._update_lease(lease, dispatch_leased_until=until):
-                lease.lost = True
-                log.warning(
-                    "dispatcher.lease_lost waba_id=%s unsent=%s; another dispatcher took the "
-                    "account over",
-                    lease.waba_id,
-                    len(rows),
-                )
-                return []
-            lease.until = until
+        if not leases.outlasts(self.db, lease, needed, self.lease):
+            log.warning(
+                "dispatcher.lease_lost waba_id=%s unsent=%s; another dispatcher took the "
+                "account over",
+                lease.waba_id,
+                len(rows),
+            )
+            return []
         return list(rows)
 
     def _finalize(
@@ -1228,7 +1117,7 @@ class Dispatcher:
                 .where(id_in(claimed.ids, self.db.dialect), UNSETTLED)
                 .values(
                     next_attempt_at=utcnow(),
-                    **err.error_values(f"held: account paused: {sentence}"),
+                    **err.error_values(held(f"account paused: {sentence}")),
                 )
                 .execution_options(synchronize_session=False)
             )
