@@ -23,6 +23,7 @@ from tests.dispatch.helpers import (
     status_counts,
 )
 from tests.dispatch.test_cli import waconv  # noqa: F401 - the fixture
+from waconv.accounts.service import list_accounts
 from waconv.clock import isoformat, utcnow
 from waconv.conversions.dispatcher import Dispatcher
 from waconv.graph.fake import FakeGraph
@@ -181,3 +182,22 @@ def test_an_empty_run_says_until_when_an_account_is_throttled(
         result.stdout
     )
     assert "80004" in result.stdout
+
+
+def test_the_accounts_list_shows_a_throttle_while_it_lasts(
+    freezer: FrozenDateTimeFactory, services: Services, fake_graph: FakeGraph
+) -> None:
+    setup_account(services)
+    enqueue_many(services, 1)
+    usage = business_usage_header(WABA_ID, percent=100, regain_minutes=REGAIN_MINUTES)
+    fake_graph.fail_next(1, "rate_limit", code=80004, headers={BUSINESS_USAGE_HEADER: usage})
+    Dispatcher(services).run_once()
+    until = utcnow() + timedelta(minutes=REGAIN_MINUTES)
+
+    [view] = list_accounts(services)
+    assert view.to_json()["throttled_until"] == isoformat(until)
+    assert "80004" in (view.throttle_reason or "")
+
+    freezer.move_to(until)
+    [view] = list_accounts(services)
+    assert (view.throttled_until, view.throttle_reason) == (None, None)

@@ -15,7 +15,7 @@ from typing import Any
 
 from waconv.accounts import registry
 from waconv.accounts.crypto import TokenCipher
-from waconv.clock import isoformat
+from waconv.clock import isoformat, utcnow
 from waconv.config import DESTINATIONS, ConfigError, event_names
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import GraphError, operator_message
@@ -78,6 +78,8 @@ class AccountView:
     gateway_url: str | None = None
     gateway_key: bool = False  # whether one is set (own or WACONV_GATEWAY_ACCESS_KEY)
     gateway_events: list[str] | None = None
+    throttled_until: datetime | None = None  # Meta's rate limit holds the account until then
+    throttle_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,8 @@ class AccountView:
             "gateway_url": self.gateway_url,
             "gateway_key": "set" if self.gateway_key else "unset",
             "gateway_events": self.gateway_events,
+            "throttled_until": isoformat(self.throttled_until),
+            "throttle_reason": self.throttle_reason,
         }
 
 
@@ -312,6 +316,9 @@ def _view(account: Account, services: Services) -> AccountView:
     settings = services.settings
     dataset_id = registry.dataset_for(account, settings)
     routing = registry.routing_for(account, settings)
+    throttled = account.throttled_until
+    if throttled is not None and throttled <= utcnow():
+        throttled = None  # a past rate limit: nothing holds the account
     source = None
     if dataset_id:
         source = "account" if account.dataset_id else "env"
@@ -332,6 +339,8 @@ def _view(account: Account, services: Services) -> AccountView:
         gateway_url=account.gateway_url or settings.gateway_url or None,
         gateway_key=bool(account.gateway_key_encrypted or settings.gateway_access_key),
         gateway_events=sorted(routing.gateway_events) if routing.gateway_events else None,
+        throttled_until=throttled,
+        throttle_reason=account.throttle_reason if throttled else None,
     )
 
 
@@ -342,7 +351,6 @@ def why_idle(services: Services) -> list[str]:
     dispatcher. For ``waconv dispatch --once``."""
     from sqlalchemy import func, select
 
-    from waconv.clock import utcnow
     from waconv.conversions.held import held_reason, is_held
     from waconv.models import Conversion
 
