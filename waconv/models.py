@@ -70,6 +70,9 @@ class Account(Base):
     gateway_key_encrypted: Mapped[str | None] = mapped_column(Text)
     # Comma-separated event names that go to the Gateway; None: WACONV_GATEWAY_EVENTS.
     gateway_events: Mapped[str | None] = mapped_column(Text)
+    # Meta's rate limit (the account's, or the app's) holds its sending until then; why.
+    throttled_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    throttle_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -75,3 +75,13 @@ def test_a_bad_destination_is_a_usage_error(cli: Cli) -> None:
     result = cli("accounts", "set", "--waba-id", WABA_A, "--destination", "pigeon")
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_the_list_table_shows_each_accounts_destination(cli: Cli) -> None:
+    cli.ok("accounts", "set", "--waba-id", WABA_A, "--destination", "both")
+    cli.ok("accounts", "set", "--waba-id", WABA_B, "--dataset-id", DATASET_ID)
+
+    header, *rows = cli.ok("accounts", "list").stdout.splitlines()
+
+    assert header.split()[3] == "DESTINATION"
+    assert {row.split()[0]: row.split()[3] for row in rows} == {WABA_A: "both", WABA_B: "graph"}

@@ -158,9 +158,17 @@ def test_the_list_says_where_each_token_comes_from(
     table = cli.ok("accounts", "list").stdout.splitlines()
 
     header, *rows = table
-    assert header.split() == ["WABA_ID", "DATASET_ID", "TOKEN", "STATUS", "REASON", "SINCE"]
-    assert rows[0].split()[:4] == [WABA_A, "-", "own", "active"]
-    assert rows[1].split()[:4] == [WABA_B, "-", "none", "active"]
+    assert header.split() == [
+        "WABA_ID",
+        "DATASET_ID",
+        "TOKEN",
+        "DESTINATION",
+        "STATUS",
+        "REASON",
+        "SINCE",
+    ]
+    assert rows[0].split()[:5] == [WABA_A, "-", "own", "graph", "active"]
+    assert rows[1].split()[:5] == [WABA_B, "-", "none", "graph", "active"]
     assert all(TOKEN_A not in line and ACCESS_TOKEN not in line for line in table)
 
 

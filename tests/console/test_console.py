@@ -375,6 +375,19 @@ def test_resume_a_paused_account(browser: FlaskClient, services: Services) -> No
     assert status == Account.ACTIVE
 
 
+def test_the_accounts_page_shows_each_accounts_own_destination(
+    browser: FlaskClient, services: Services
+) -> None:
+    other = "300000000000077"
+    with services.db.transaction() as session:
+        registry.register(session, WABA_ID)[0].destination = "both"
+        registry.register(session, other)
+    page = browser.get("/console/accounts").get_data(as_text=True)
+    mine, theirs = page.split(f"WABA {other}")
+    assert "<dt>Destination</dt><dd>both</dd>" in mine
+    assert "<dt>Destination</dt><dd>graph</dd>" in theirs
+
+
 def test_replay_a_failed_delivery(
     browser: FlaskClient, services: Services, post_webhook: Callable[..., Any]
 ) -> None:

@@ -13,8 +13,9 @@ import pytest
 from flask import Flask
 from freezegun.api import FrozenDateTimeFactory
 
-from tests.conftest import ADMIN_TOKEN, DATASET_ID
+from tests.conftest import ADMIN_TOKEN, DATASET_ID, WABA_ID
 from tests.dispatch.helpers import enqueue_many, one, setup_account
+from waconv.accounts.service import update_account
 from waconv.clock import utcnow
 from waconv.conversions.dispatcher import Dispatcher
 from waconv.gateway.fake import FakeGateway
@@ -238,3 +239,39 @@ def test_a_retried_conversion_goes_again_only_to_the_destination_that_failed(
     assert fake_gateway.accepted_event_ids() == {eid: 1}
     assert fake_graph.accepted_event_ids() == {eid: 1}
     assert one(services, eid).status == Conversion.SENT
+
+
+@pytest.mark.parametrize(
+    ("destination", "gateway_events", "expected"),
+    [
+        ("gateway", None, {"gateway"}),
+        ("both", None, {"graph", "gateway"}),
+        ("both", "LeadSubmitted", {"graph"}),  # Purchase is not for the Gateway
+        ("gateway", "LeadSubmitted", {"graph"}),  # the filter sends it to Graph instead
+    ],
+)
+def test_a_conversion_not_dispatched_yet_shows_every_destination_it_will_go_to(
+    routed, destination: str, gateway_events: str | None, expected: set[str]
+) -> None:
+    app, services = routed(destination, gateway_events=gateway_events or "")
+    [eid] = enqueue_many(services, 1)
+    pending = {"status": "pending", "attempts": 0, "last_error": None}
+
+    view = admin_view(app, one(services, eid).id)
+    listed = app.test_client().get(
+        "/admin/conversions?status=pending", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+
+    assert view["destinations"] == {name: pending for name in expected}
+    [item] = listed.get_json()["items"]
+    assert item["destinations"] == view["destinations"]
+
+
+def test_an_accounts_own_destination_decides_what_a_pending_conversion_shows(
+    routed, fake_graph: FakeGraph
+) -> None:
+    app, services = routed("graph")
+    update_account(services, WABA_ID, destination="both")
+    [eid] = enqueue_many(services, 1)
+
+    assert set(admin_view(app, one(services, eid).id)["destinations"]) == {"graph", "gateway"}

@@ -15,6 +15,7 @@ from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one,
 from waconv.clock import from_unix, utcnow
 from waconv.conversions.dispatcher import SEND_MARGIN, Dispatcher, DispatchStats
 from waconv.conversions.events import MAX_EVENT_AGE
+from waconv.conversions.lease import give_back
 from waconv.graph.client import GraphClient
 from waconv.graph.fake import FakeGraph
 from waconv.models import Conversion
@@ -220,7 +221,7 @@ def test_an_account_held_at_a_sweep_is_swept_by_that_dispatcher_when_it_holds_it
     assert mine.run_once() == DispatchStats()  # held: not swept, not sent
     assert {r.status for r in conversions(ready)} == {Conversion.PENDING}
     assert Dispatcher(ready)._dispatch_account(WABA_ID).expired == 0  # held still: nothing
-    other._give_back(held)
+    give_back(ready.db, held)
 
     assert mine._dispatch_account(WABA_ID).expired == 2
     assert {r.status for r in conversions(ready)} == {Conversion.EXPIRED}

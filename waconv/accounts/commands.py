@@ -104,7 +104,7 @@ def accounts_list(as_json: bool) -> None:
 
 
 def _print_table(views: list[AccountView]) -> None:
-    header = ("WABA_ID", "DATASET_ID", "TOKEN", "STATUS", "REASON", "SINCE")
+    header = ("WABA_ID", "DATASET_ID", "TOKEN", "DESTINATION", "STATUS", "REASON", "SINCE")
     rows = [header]
     for v in views:
         dataset = v.dataset_id or "-"
@@ -112,7 +112,15 @@ def _print_table(views: list[AccountView]) -> None:
             dataset += " (env)"
         token = v.token + (", unreadable" if v.token_readable is False else "")
         rows.append(
-            (v.waba_id, dataset, token, v.status, v.reason or "-", isoformat(v.since) or "-")
+            (
+                v.waba_id,
+                dataset,
+                token,
+                v.destination,
+                v.status,
+                v.reason or "-",
+                isoformat(v.since) or "-",
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:

@@ -19,6 +19,7 @@ from waconv.accounts.crypto import TokenCipher
 from waconv.clock import utcnow
 from waconv.config import ConfigError, Settings, event_names
 from waconv.conversions.destinations import Routing
+from waconv.conversions.held import is_held
 from waconv.db import insert_or_ignore
 from waconv.models import Account, Conversion
 
@@ -37,8 +38,6 @@ FROM_NOWHERE = "none"
 # path or object, i.e. a dataset id Meta does not know. A new dataset id may cure each of them.
 DATASET_ERRORS = frozenset({(100, 33), (100, 2804132)})
 DATASET_ERROR_CODES = frozenset({2500, 803})
-# Events parked by the dispatcher (no token, no dataset, account paused) carry this prefix.
-HELD_PREFIX = "held:"
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ def release_held(session: Session, waba_id: str) -> int:
         .where(
             Conversion.waba_id == waba_id,
             Conversion.status == Conversion.PENDING,
-            Conversion.last_error.startswith(HELD_PREFIX, autoescape=True),
+            is_held(),
             Conversion.next_attempt_at > now,
         )
         .values(next_attempt_at=now)

@@ -15,7 +15,7 @@ from typing import Any
 
 from waconv.accounts import registry
 from waconv.accounts.crypto import TokenCipher
-from waconv.clock import isoformat
+from waconv.clock import isoformat, utcnow
 from waconv.config import DESTINATIONS, ConfigError, event_names
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import GraphError, operator_message
@@ -78,6 +78,8 @@ class AccountView:
     gateway_url: str | None = None
     gateway_key: bool = False  # whether one is set (own or WACONV_GATEWAY_ACCESS_KEY)
     gateway_events: list[str] | None = None
+    throttled_until: datetime | None = None  # Meta's rate limit holds the account until then
+    throttle_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,8 @@ class AccountView:
             "gateway_url": self.gateway_url,
             "gateway_key": "set" if self.gateway_key else "unset",
             "gateway_events": self.gateway_events,
+            "throttled_until": isoformat(self.throttled_until),
+            "throttle_reason": self.throttle_reason,
         }
 
 
@@ -312,6 +316,9 @@ def _view(account: Account, services: Services) -> AccountView:
     settings = services.settings
     dataset_id = registry.dataset_for(account, settings)
     routing = registry.routing_for(account, settings)
+    throttled = account.throttled_until
+    if throttled is not None and throttled <= utcnow():
+        throttled = None  # a past rate limit: nothing holds the account
     source = None
     if dataset_id:
         source = "account" if account.dataset_id else "env"
@@ -332,16 +339,19 @@ def _view(account: Account, services: Services) -> AccountView:
         gateway_url=account.gateway_url or settings.gateway_url or None,
         gateway_key=bool(account.gateway_key_encrypted or settings.gateway_access_key),
         gateway_events=sorted(routing.gateway_events) if routing.gateway_events else None,
+        throttled_until=throttled,
+        throttle_reason=account.throttle_reason if throttled else None,
     )
 
 
 def why_idle(services: Services) -> list[str]:
     """Why each account with events waiting sent none of them now, one line each: held (the
-    reason, with the command that fixes it), paused until its next probe, backing off until
-    its next retry, or leased by another dispatcher. For ``waconv dispatch --once``."""
+    reason, with the command that fixes it), paused until its next probe, throttled by Meta's
+    rate limit until a time, backing off until its next retry, or leased by another
+    dispatcher. For ``waconv dispatch --once``."""
     from sqlalchemy import func, select
 
-    from waconv.clock import utcnow
+    from waconv.conversions.held import held_reason, is_held
     from waconv.models import Conversion
 
     now = utcnow()
@@ -362,17 +372,27 @@ def why_idle(services: Services) -> list[str]:
                     f"probe), {events} waiting: {account.status_reason}"
                 )
                 continue
+            if (
+                account is not None
+                and account.throttled_until is not None
+                and account.throttled_until > now
+            ):
+                lines.append(
+                    f"account {waba_id}: throttled until {isoformat(account.throttled_until)}, "
+                    f"{events} waiting: {account.throttle_reason}"
+                )
+                continue
             held = session.scalar(
                 select(Conversion.last_error)
                 .where(
                     Conversion.waba_id == waba_id,
                     Conversion.status == Conversion.PENDING,
-                    Conversion.last_error.startswith(registry.HELD_PREFIX, autoescape=True),
+                    is_held(),
                 )
                 .limit(1)
             )
-            if held is not None:
-                reason = held.removeprefix(registry.HELD_PREFIX).strip()
+            reason = held_reason(held)
+            if reason is not None:
                 lines.append(f"account {waba_id}: {events} held: {reason}")
             elif next_at is not None and next_at > now:
                 lines.append(f"account {waba_id}: {events} backing off until {isoformat(next_at)}")

@@ -104,7 +104,7 @@ def mark(
     request = service.MarkRequest.from_json(body)
     with services_scope() as services, services.db.transaction() as session:
         marked = service.mark_conversion(session, request)
-        shown = service.conversion_to_dict(marked.conversion)
+        shown = service.conversion_to_dict(marked.conversion, services.settings)
     if as_json:
         click.echo(json.dumps(shown, indent=2))
         return
@@ -154,7 +154,7 @@ def list_(
     )
     with services_scope() as services, services.db.transaction() as session:
         page = service.list_conversions(session, query)
-        items = [service.conversion_to_dict(c) for c in page.items]
+        items = [service.conversion_to_dict(c, services.settings) for c in page.items]
     if as_json:
         click.echo(json.dumps({"items": items, "next_cursor": page.next_cursor}, indent=2))
         return
@@ -188,5 +188,6 @@ def list_(
 def retry(conversion_id: int) -> None:
     """Queue a failed conversion again, like POST /admin/conversions/ID/retry."""
     with services_scope() as services, services.db.transaction() as session:
-        shown = service.conversion_to_dict(service.retry_conversion(session, conversion_id))
+        retried = service.retry_conversion(session, conversion_id)
+        shown = service.conversion_to_dict(retried, services.settings)
     click.echo(f"queued again: conversion {shown['id']}, attempt {shown['attempts'] + 1} is due")

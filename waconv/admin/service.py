@@ -19,12 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
+from waconv.accounts import registry
 from waconv.clock import from_unix, isoformat, utcnow
-from waconv.config import Settings
+from waconv.config import ConfigError, Settings
 from waconv.conversations import store
 from waconv.conversions import requestlog
+from waconv.conversions.destinations import GRAPH, Routing
 from waconv.conversions.events import (
     MAX_EVENT_AGE,
     InvalidConversion,
@@ -642,7 +644,7 @@ def conversion_detail(session: Session, conversion_id: int, settings: Settings) 
     """One conversion with the event it went out as and the requests that carried it."""
     conversion = get_conversion(session, conversion_id)
     requests = requestlog.requests_of(session, conversion.id)
-    body = conversion_to_dict(conversion)
+    body = conversion_to_dict(conversion, settings)
     body["sent_event"] = requestlog.sent_event(
         session, conversion, settings, carried=bool(requests)
     )
@@ -653,16 +655,40 @@ def conversion_detail(session: Session, conversion_id: int, settings: Settings) 
 # --- answers ----------------------------------------------------------------------------------
 
 
-def destinations_of(conversion: Conversion) -> tuple[str, dict[str, Any]]:
+_ROUTINGS = "waconv.admin.routings"  # Session.info key: each account's routing, read once
+
+
+def _routing(conversion: Conversion, settings: Settings) -> Routing:
+    """Where the conversion's account sends (its own setting, else the WACONV_* defaults)."""
+    session = object_session(conversion)
+    cache: dict[str, Routing] = session.info.setdefault(_ROUTINGS, {}) if session else {}
+    waba_id = conversion.waba_id
+    if waba_id not in cache:
+        account = registry.get_account(session, waba_id) if session else None
+        try:
+            cache[waba_id] = registry.routing_for(account or Account(waba_id=waba_id), settings)
+        except ConfigError:  # unreadable stored events: the dispatcher holds them, saying so
+            cache[waba_id] = Routing()
+    return cache[waba_id]
+
+
+def destinations_of(
+    conversion: Conversion, settings: Settings | None = None
+) -> tuple[str, dict[str, Any]]:
     """The conversion's overall status and its state at each destination: ``sent`` only when
-    every destination has it, ``failed`` when one failed for good, else its own status."""
+    every destination has it, ``failed`` when one failed for good, else its own status. One
+    not dispatched yet shows each destination its account will send it to (with
+    ``settings``; without, Graph's)."""
     if not conversion.deliveries:
         state = {
             "status": conversion.status,
             "attempts": conversion.attempts,
             "last_error": conversion.last_error,
         }
-        return conversion.status, {"graph": state}
+        targets: tuple[str, ...] = (GRAPH,)
+        if settings is not None and conversion.status == Conversion.PENDING:
+            targets = _routing(conversion, settings).targets(conversion.event_name)
+        return conversion.status, {name: dict(state) for name in targets}
     destinations = {
         d.destination: {"status": d.status, "attempts": d.attempts, "last_error": d.last_error}
         for d in conversion.deliveries
@@ -675,9 +701,10 @@ def destinations_of(conversion: Conversion) -> tuple[str, dict[str, Any]]:
     return status, destinations
 
 
-def conversion_to_dict(conversion: Conversion) -> dict[str, Any]:
-    """One conversion as the admin API and ``waconv conversions list --json`` show it."""
-    status, destinations = destinations_of(conversion)
+def conversion_to_dict(conversion: Conversion, settings: Settings | None = None) -> dict[str, Any]:
+    """One conversion as the admin API and ``waconv conversions list --json`` show it (with
+    ``settings``, a pending one shows every destination it will go to)."""
+    status, destinations = destinations_of(conversion, settings)
     return {
         "id": conversion.id,
         "event_id": conversion.event_id,

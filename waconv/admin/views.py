@@ -84,9 +84,10 @@ def get_conversation(user: str) -> Response:
 def mark_conversion() -> tuple[Response, int]:
     _only_query()
     mark = service.MarkRequest.from_json(_json_body())
-    with current_services().db.transaction() as session:
+    services = current_services()
+    with services.db.transaction() as session:
         marked = service.mark_conversion(session, mark)
-        body = service.conversion_to_dict(marked.conversion)
+        body = service.conversion_to_dict(marked.conversion, services.settings)
     return jsonify(body), 202 if marked.created else 200
 
 
@@ -94,9 +95,10 @@ def mark_conversion() -> tuple[Response, int]:
 def list_conversions() -> Response:
     _only_query(*service.LIST_PARAMETERS)
     query = service.ListQuery.from_args(request.args)
-    with current_services().db.transaction() as session:
+    services = current_services()
+    with services.db.transaction() as session:
         page = service.list_conversions(session, query)
-        items = [service.conversion_to_dict(c) for c in page.items]
+        items = [service.conversion_to_dict(c, services.settings) for c in page.items]
     return jsonify({"items": items, "next_cursor": page.next_cursor})
 
 
@@ -112,8 +114,10 @@ def get_conversion(conversion_id: int) -> Response:
 @bp.post("/conversions/<int:conversion_id>/cancel")
 def cancel_conversion(conversion_id: int) -> Response:
     _only_query()
-    with current_services().db.transaction() as session:
-        body = service.conversion_to_dict(service.cancel_conversion(session, conversion_id))
+    services = current_services()
+    with services.db.transaction() as session:
+        canceled = service.cancel_conversion(session, conversion_id)
+        body = service.conversion_to_dict(canceled, services.settings)
     return jsonify(body)
 
 
@@ -129,8 +133,10 @@ def list_requests() -> Response:
 @bp.post("/conversions/<int:conversion_id>/retry")
 def retry_conversion(conversion_id: int) -> tuple[Response, int]:
     _only_query()
-    with current_services().db.transaction() as session:
-        body = service.conversion_to_dict(service.retry_conversion(session, conversion_id))
+    services = current_services()
+    with services.db.transaction() as session:
+        retried = service.retry_conversion(session, conversion_id)
+        body = service.conversion_to_dict(retried, services.settings)
     return jsonify(body), 202
 
 

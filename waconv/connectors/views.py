@@ -116,7 +116,7 @@ def events() -> tuple[Response, int]:
     body = parse_json(raw)
     with services.db.transaction() as session:
         marked = service.receive_event(session, body, settings.default_phone_region)
-        answer = admin.conversion_to_dict(marked.conversion)
+        answer = admin.conversion_to_dict(marked.conversion, settings)
     return jsonify(answer), 202 if marked.created else 200
 
 

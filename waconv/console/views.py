@@ -358,8 +358,7 @@ class TimelineItem:
 def accounts_page() -> Any:
     services = current_services()
     views = accounts.list_accounts(services)
-    destination = getattr(services.settings, "destination", None) or "graph"
-    return render_template("console/accounts.html", accounts=views, destination=destination)
+    return render_template("console/accounts.html", accounts=views)
 
 
 @bp.post("/accounts/<waba_id>/resume")

@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from waconv.clock import utcnow
+from waconv.conversions import throttle
+from waconv.conversions.throttle import Throttle
 from waconv.gateway.client import GatewayError
 from waconv.graph.errors import Disposition, GraphError, classify, operator_message
 
@@ -68,6 +70,8 @@ class Receipt:
     events_received: int | None = None
     fbtrace_id: str | None = None
     messages: list[Any] = field(default_factory=list)
+    # Accepted, but Meta's usage headers say a rate limit is reached: hold the account.
+    throttle: Throttle | None = None
 
 
 def _since(start: float) -> int:
@@ -90,8 +94,10 @@ class Refusal(Exception):
         message: str | None = None,
         fbtrace_id: str | None = None,
         receipt: Receipt | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         super().__init__(sentence)
+        self.throttle = throttle  # a rate limit: the account (or app) backs off as a whole
         self.receipt = receipt  # the request, when one was made
         self.destination = destination
         self.disposition = disposition
@@ -160,6 +166,7 @@ class GraphDestination:
                 message=err.user_msg or err.message,
                 fbtrace_id=err.fbtrace_id,
                 receipt=receipt if err.request_bytes else None,
+                throttle=throttle.of_error(err),
             ) from None
         return Receipt(
             at,
@@ -169,6 +176,7 @@ class GraphDestination:
             result.events_received,
             result.fbtrace_id,
             result.messages,
+            throttle.of_usage(result.usage),
         )
 
 

@@ -41,13 +41,14 @@ more of that account: another dispatcher owns its events now.
 Where events go is a destination's business (waconv.conversions.destinations); an account
 with a Conversions API Gateway has its outcomes recorded per destination (conversion_deliveries)
 and takes the unpipelined ``_routed_turn``. The SQL lives in waconv.conversions.queue, the
-retry schedule in waconv.conversions.schedule.
+retry schedule in waconv.conversions.schedule, the account lease in waconv.conversions.lease,
+whether an account can send (credentials, dataset) in waconv.conversions.readiness, and Meta's
+rate limits in waconv.conversions.throttle: this module orchestrates.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -61,10 +62,9 @@ from sqlalchemy.orm import Session
 
 from waconv.accounts import registry
 from waconv.accounts.registry import PAUSED_PROBE_INTERVAL, Credentials
-from waconv.accounts.service import AccountError, provision_dataset
 from waconv.clock import utcnow
-from waconv.config import LEASE_SLACK_SECONDS, ConfigError
-from waconv.conversions import queue
+from waconv.conversions import lease as leases
+from waconv.conversions import queue, readiness, throttle
 from waconv.conversions.destinations import (
     GATEWAY,
     GRAPH,
@@ -76,6 +76,8 @@ from waconv.conversions.destinations import (
     Routing,
 )
 from waconv.conversions.events import build_meta_event
+from waconv.conversions.held import held
+from waconv.conversions.lease import LEASE, LEASE_SLACK, AccountLease
 from waconv.conversions.queue import (
     STALE_REASON,
     UNSETTLED,
@@ -86,30 +88,32 @@ from waconv.conversions.queue import (
     lease_free,
     rowcount,
 )
+from waconv.conversions.readiness import HOLD_DELAY, PROVISION_RETRY
 from waconv.conversions.requestlog import RequestRecord, record_request
 from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit
+from waconv.conversions.throttle import Throttle
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition
 from waconv.metrics import CONVERSION_EVENTS, GRAPH_REQUESTS
 from waconv.models import Account, Conversion, ConversionDelivery
 from waconv.services import Services
 
-__all__ = ["MAX_BACKOFF", "SEND_MARGIN", "Claimed", "DispatchStats", "Dispatcher", "backoff"]
+__all__ = [
+    "HOLD_DELAY",
+    "LEASE",
+    "MAX_BACKOFF",
+    "PROVISION_RETRY",
+    "SEND_MARGIN",
+    "AccountLease",
+    "Claimed",
+    "DispatchStats",
+    "Dispatcher",
+    "backoff",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # Meta rejects requests with more events
-# The default of WACONV_LEASE_SECONDS (the contract: events leased by a dispatcher that died
-# are due again within 60 seconds).
-LEASE = timedelta(seconds=60)
-# Before each request the lease must outlast the request timeout by this much, else it is
-# extended first (a long split makes many requests under one claim).
-LEASE_SLACK = timedelta(seconds=LEASE_SLACK_SECONDS)
-# A WABA whose dataset could not be created automatically is tried again this often (a
-# transient Graph failure must not hold its events until an operator steps in).
-PROVISION_RETRY = timedelta(hours=1)
-# Events of an account that cannot send (no token, no dataset) are looked at again after this.
-HOLD_DELAY = timedelta(seconds=60)
 IDLE_POLL_SECONDS = 1.0  # the contract: idle, look for due events at least once a second
 # The sweep that marks stale events `expired` scans every due event; claims skip stale events
 # anyway, so the sweep runs in the first step of each run_once and then at most this often.
@@ -144,16 +148,6 @@ class DispatchStats:
     @property
     def moved(self) -> int:
         return self.sent + self.retried + self.failed + self.expired + self.held
-
-
-@dataclass
-class AccountLease:
-    """A dispatcher's hold on one account: while it lasts, nobody else sends its events."""
-
-    waba_id: str
-    token: str
-    until: datetime
-    lost: bool = False  # another dispatcher took the account after the lease ran out
 
 
 @dataclass
@@ -255,6 +249,9 @@ class Dispatcher:
         self._unswept: set[str] = set()
         self._stop: threading.Event | None = None  # run_forever's stop request
         self._deadline: float | None = None  # run_once's max_seconds, in time.monotonic()
+        # The app's rate limit, as this dispatcher last recorded it: turns in flight stop
+        # (the accounts' rows say it to every dispatcher's next step).
+        self._app_throttled_until: datetime | None = None
 
     @property
     def graph(self) -> GraphClient:
@@ -328,7 +325,7 @@ class Dispatcher:
     def _turn(self, waba_id: str) -> DispatchStats:
         """One account's turn; its failure is logged and counted, never raised (one account's
         trouble must not starve the others). Nothing once run_forever is asked to stop."""
-        if self._stopping():
+        if self._stopping() or self._app_throttled():
             return DispatchStats()
         try:
             return self._dispatch_account(waba_id)
@@ -380,6 +377,7 @@ class Dispatcher:
                     .where(
                         or_(Account.status == Account.ACTIVE, Account.probe_at <= now),
                         lease_free(now),
+                        throttle.unthrottled(now),
                         pending,
                     )
                     .order_by(Account.waba_id)
@@ -396,71 +394,32 @@ class Dispatcher:
         try:
             self._account_turn(lease, stats)
         finally:
-            self._give_back(lease)
+            leases.give_back(self.db, lease)
         return stats
 
     def _take_lease(self, session: Session, waba_id: str) -> AccountLease | None:
-        now = utcnow()
-        token = secrets.token_hex(8)
-        until = now + self.lease
-        result = session.execute(
-            update(Account)
-            .where(Account.waba_id == waba_id, lease_free(now))
-            .values(dispatch_token=token, dispatch_leased_until=until)
-            .execution_options(synchronize_session=False)
-        )
-        return AccountLease(waba_id, token, until) if rowcount(result) else None
-
-    def _give_back(self, lease: AccountLease) -> None:
-        """End of the turn: the account is free for any dispatcher (best effort: if this
-        fails, the lease lapses)."""
-        try:
-            self._update_lease(lease, dispatch_token=None, dispatch_leased_until=None)
-        except Exception:
-            log.exception("dispatcher.lease_release_failed waba_id=%s", lease.waba_id)
-
-    def _update_lease(self, lease: AccountLease, **values: Any) -> bool:
-        """Set ``values`` on the account if ``lease`` still holds it; whether it did."""
-        with self.db.transaction() as session:
-            result = session.execute(
-                update(Account)
-                .where(Account.waba_id == lease.waba_id, Account.dispatch_token == lease.token)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-        return rowcount(result) > 0
+        return leases.take(session, waba_id, self.lease)
 
     def _account_turn(self, lease: AccountLease, stats: DispatchStats) -> None:
         waba_id = lease.waba_id
         if waba_id in self._unswept:
             stats.expired += self._expire_stale(lease)
-        provision = False
         with self.db.transaction() as session:
             account = registry.get_account(session, waba_id)
             if account is None:
                 return
-            creds, problem = self._credentials(account)
-            probing = account.status == Account.PAUSED
-            if creds is not None and creds.dataset_id is None:
-                tried = account.dataset_provision_tried_at
-                if creds.token is None:  # a Gateway-only account: nothing to provision with
-                    problem = self._no_dataset(waba_id)
-                elif tried is None or utcnow() - tried >= PROVISION_RETRY:
-                    # Recorded (and committed) before the call: one try, whoever gets here first.
-                    account.dataset_provision_tried_at = utcnow()
-                    provision = True
-                else:
-                    problem = self._no_dataset(waba_id)
-            if problem is not None:
-                stats.held = self._hold(session, waba_id, problem)
+            ready = readiness.check(account, self.settings)
+            if ready.problem is not None:
+                stats.held = readiness.hold(session, waba_id, ready.problem)
                 return
+        creds, probing = ready.creds, ready.probing
         assert creds is not None
-        if provision:
+        if ready.provision:
             # The Graph call happens with no transaction open (SQLite would hold its write lock).
-            creds = self._provision(creds)
+            creds = readiness.provision(self.services, creds, self.graph)
             if creds.dataset_id is None:
                 with self.db.transaction() as session:
-                    stats.held = self._hold(session, waba_id, self._no_dataset(waba_id))
+                    stats.held = readiness.hold(session, waba_id, readiness.no_dataset(waba_id))
                 return
         if not creds.routing.graph_only:
             self._routed_turn(creds, lease, stats, probing=probing)
@@ -651,7 +610,7 @@ class Dispatcher:
 
     def _more_batches(self, lease: AccountLease, turn_ends: float) -> bool:
         """Whether this account's turn may claim another batch."""
-        if lease.lost:
+        if lease.lost or lease.throttled or self._app_throttled():
             return False
         now = time.monotonic()
         if now >= turn_ends or (self._deadline is not None and now > self._deadline):
@@ -680,7 +639,7 @@ class Dispatcher:
         lease = claimed.lease
         after = claimed.last
         queued: tuple[Claimed, list[Row]] | None = (claimed, rows)  # claimed, built, unsent
-        flying: tuple[Claimed, list[Row], Future[None]] | None = None
+        flying: tuple[Claimed, list[Row], Future[Throttle | None]] | None = None
         recording: Future[int] | None = None  # the last batch Meta took, being marked sent
         more = True  # the last claim was full: more may be due
         with (
@@ -694,15 +653,19 @@ class Dispatcher:
                         sent_claim, sent_rows, future = flying
                         flying = None
                         try:
-                            future.result()
+                            throttled = future.result()
                         except Refusal as err:
                             if not self._rejected(creds, sent_claim, sent_rows, err, stats):
-                                if queued is not None:  # the account paused: they wait too
+                                if queued is not None and not lease.throttled:
+                                    # The account paused: they wait too (throttled, the
+                                    # queued batch, only read, waits as it is).
                                     self._record_account_problem(queued[0], err, creds, stats)
-                                    queued = None
                                 return
                         else:
                             answered = sent_rows
+                            if throttled is not None:  # the rest of the turn waits
+                                self._throttle(lease, throttled)
+                                queued, more = None, False
                     if queued is not None and self._stopping():
                         # Stopping: the batch in flight was the last. This one was only
                         # read; it stays pending for the next dispatcher.
@@ -753,7 +716,7 @@ class Dispatcher:
         creds: Credentials,
         claimed: Claimed,
         rows: list[Row],
-        future: Future[None],
+        future: Future[Throttle | None],
         stats: DispatchStats,
     ) -> None:
         """Record what the request in flight did, when the pipeline failed meanwhile: events
@@ -767,65 +730,6 @@ class Dispatcher:
             self._accepted(creds, claimed, rows, stats)
         except Exception:
             log.exception("conversion.record_failed count=%s; sent but still pending", len(rows))
-
-    def _credentials(self, account: Account) -> tuple[Credentials | None, str | None]:
-        """The account's credentials, or why its events must wait."""
-        try:
-            creds = registry.credentials(account, self.settings)
-        except ConfigError as exc:  # a stored secret does not open with this key, or bad events
-            return None, f"held: cannot read the settings of {account.waba_id}: {exc}"
-        if creds.token is None and creds.routing.uses_graph:
-            return None, (
-                f"held: no access token for WhatsApp Business Account {account.waba_id}; run "
-                f"`waconv accounts set-token --waba-id {account.waba_id}` or set "
-                "WACONV_ACCESS_TOKEN"
-            )
-        if creds.routing.uses_gateway and not (creds.gateway_url and creds.gateway_key):
-            return None, (
-                f"held: WhatsApp Business Account {account.waba_id} sends to a Conversions API "
-                "Gateway but has no Gateway URL or access key; run `waconv accounts set "
-                f"--waba-id {account.waba_id} --destination {creds.routing.destination} "
-                "--gateway-url URL --gateway-key-stdin` or set WACONV_GATEWAY_URL and "
-                "WACONV_GATEWAY_ACCESS_KEY"
-            )
-        return creds, None
-
-    @staticmethod
-    def _no_dataset(waba_id: str) -> str:
-        return (
-            f"held: WhatsApp Business Account {waba_id} has no dataset; run "
-            f"`waconv provision-dataset --waba-id {waba_id}`"
-        )
-
-    def _provision(self, creds: Credentials) -> Credentials:
-        """A WABA without a dataset gets one once, automatically, when the token allows it."""
-        waba_id = creds.waba_id
-        try:
-            provision_dataset(self.services, waba_id, graph=self.graph, retried=True)
-        except AccountError as exc:
-            GRAPH_REQUESTS.labels(endpoint="dataset", outcome="error").inc()
-            log.error("account.provision_failed waba_id=%s reason=%s", waba_id, exc)
-            return creds
-        GRAPH_REQUESTS.labels(endpoint="dataset", outcome="ok").inc()
-        with self.db.transaction() as session:
-            account = registry.get_account(session, waba_id)
-            if account is None:
-                return creds
-            new, _ = self._credentials(account)
-        return new or creds
-
-    def _hold(self, session: Session, waba_id: str, reason: str) -> int:
-        now = utcnow()
-        result = session.execute(
-            update(Conversion)
-            .where(Conversion.waba_id == waba_id, is_due(now))
-            .values(next_attempt_at=now + HOLD_DELAY, last_error=reason)
-            .execution_options(synchronize_session=False)
-        )
-        held = _counted(rowcount(result), "held")
-        if held:
-            log.warning("conversion.held waba_id=%s count=%s reason=%s", waba_id, held, reason)
-        return held
 
     def _claim(
         self,
@@ -900,10 +804,13 @@ class Dispatcher:
             return True
         stats.requests += 1
         try:
-            self._post(creds, claimed, rows)
+            throttled = self._post(creds, claimed, rows)
         except Refusal as err:
             return self._rejected(creds, claimed, rows, err, stats, probing=probing)
         self._accepted(creds, claimed, rows, stats, probing=probing)
+        if throttled is not None:
+            self._throttle(claimed.lease, throttled)
+            return False
         return True
 
     def _sendable(self, claimed: Claimed, rows: Sequence[Row], stats: DispatchStats) -> list[Row]:
@@ -917,9 +824,9 @@ class Dispatcher:
             rows = [r for r in rows if r.event_time >= limit]
         return rows
 
-    def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> None:
+    def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> Throttle | None:
         """The request alone: no database, no shared state. Raises Refusal unless the
-        destination took every event."""
+        destination took every event; the rate limit its answer reports as reached, if any."""
         assert claimed.destination is not None
         try:
             receipt = claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
@@ -928,6 +835,7 @@ class Dispatcher:
                 self._log_request(creds, claimed, rows, err.receipt, err)
             raise
         self._log_request(creds, claimed, rows, receipt, None)
+        return receipt.throttle
 
     def _log_request(
         self,
@@ -1018,12 +926,43 @@ class Dispatcher:
             self._record_account_problem(claimed, err, creds, stats)
             return False
         else:
-            retried, expired = self._record_retry(claimed, rows, err)
+            until = None
+            if err.throttle is not None:  # the account (or app) backs off as a whole
+                attempts = max(r.attempts for r in rows) + 1
+                until = self._throttle(claimed.lease, err.throttle, attempts)
+            retried, expired = self._record_retry(claimed, rows, err, not_before=until)
             stats.retried += retried
             stats.expired += expired
             if probing:  # no verdict on the account: ask again later, not event by event
                 self._postpone_probe(creds.waba_id)
+            if until is not None:  # the rest of the turn waits too
+                return False
         return True
+
+    def _throttle(self, lease: AccountLease, reported: Throttle, attempts: int = 1) -> datetime:
+        """Hold the account (or, for the app's limit, every account) for Meta's estimate,
+        else for the retry backoff of ``attempts``; until when. The turn ends."""
+        waba_id = lease.waba_id
+        lease.throttled = True
+        now = utcnow()
+        until = now + (reported.after or backoff(attempts, self.settings.retry_base_seconds))
+        with self.db.transaction() as session:
+            throttle.record(session, waba_id, reported, until)
+        if reported.app_wide:
+            current = self._app_throttled_until
+            self._app_throttled_until = until if current is None else max(current, until)
+        log.warning(
+            "account.throttled waba_id=%s scope=%s until=%s reason=%s",
+            waba_id,
+            reported.scope,
+            until.isoformat(),
+            reported.reason,
+        )
+        return until
+
+    def _app_throttled(self) -> bool:
+        until = self._app_throttled_until
+        return until is not None and utcnow() < until
 
     def _keep_lease(self, claimed: Claimed, rows: Sequence[Row]) -> list[Row]:
         """The ``rows``, if the account's lease outlasts the coming request; none if another
@@ -1037,20 +976,15 @@ class Dispatcher:
         lease = claimed.lease
         if lease.lost:
             return []
-        now = utcnow()
         needed = timedelta(seconds=self.settings.graph_timeout_seconds) + LEASE_SLACK
-        if lease.until - now < needed:
-            until = now + max(self.lease, needed)
-            if not self._update_lease(lease, dispatch_leased_until=until):
-                lease.lost = True
-                log.warning(
-                    "dispatcher.lease_lost waba_id=%s unsent=%s; another dispatcher took the "
-                    "account over",
-                    lease.waba_id,
-                    len(rows),
-                )
-                return []
-            lease.until = until
+        if not leases.outlasts(self.db, lease, needed, self.lease):
+            log.warning(
+                "dispatcher.lease_lost waba_id=%s unsent=%s; another dispatcher took the "
+                "account over",
+                lease.waba_id,
+                len(rows),
+            )
+            return []
         return list(rows)
 
     def _finalize(
@@ -1118,8 +1052,16 @@ class Dispatcher:
             )
         return count
 
-    def _record_retry(self, claimed: Claimed, rows: Sequence[Row], err: Refusal) -> tuple[int, int]:
-        """Back off each event; one whose next try would cross the 7-day limit expires now."""
+    def _record_retry(
+        self,
+        claimed: Claimed,
+        rows: Sequence[Row],
+        err: Refusal,
+        *,
+        not_before: datetime | None = None,
+    ) -> tuple[int, int]:
+        """Back off each event (until ``not_before``, the account's throttle, when given); one
+        whose next try would cross the 7-day limit expires now."""
         now = utcnow()
         sentence = err.sentence
         base = self.settings.retry_base_seconds
@@ -1129,7 +1071,8 @@ class Dispatcher:
         for r in rows:
             by_attempts.setdefault(r.attempts + 1, []).append(r)  # this one included
         for attempts, group in by_attempts.items():
-            next_at = now + backoff(attempts, base)
+            # Throttled, the batch goes again when the account does.
+            next_at = not_before or now + backoff(attempts, base)
             # The next try must still be in time: next_at + margin < event_time + 7 days.
             last_chance = send_limit(next_at)
             keep = [r for r in group if r.event_time >= last_chance]
@@ -1176,7 +1119,7 @@ class Dispatcher:
                 .where(id_in(claimed.ids, self.db.dialect), UNSETTLED)
                 .values(
                     next_attempt_at=utcnow(),
-                    **err.error_values(f"held: account paused: {sentence}"),
+                    **err.error_values(held(f"account paused: {sentence}")),
                 )
                 .execution_options(synchronize_session=False)
             )

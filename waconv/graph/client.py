@@ -22,6 +22,7 @@ import requests
 
 from waconv.config import MAX_DISPATCH_CONCURRENCY
 from waconv.graph.errors import GraphError
+from waconv.graph.usage import Usage
 
 MAX_EVENTS = 1000  # Meta rejects larger requests (the whole request, reference §3.6)
 # Bytes of one events request body at most. Meta documents no limit; this is its webhook
@@ -44,6 +45,7 @@ class EventsResult:
     fbtrace_id: str | None = None
     http_status: int = 200
     bytes: int = 0  # of the request body
+    usage: Usage | None = None  # Meta's usage headers
 
 
 def appsecret_proof(app_secret: str, token: str) -> str:
@@ -174,7 +176,7 @@ class GraphClient:
                 too_large=True,
             )
         try:
-            status, answer = self._call(
+            status, answer, usage = self._call(
                 "POST", f"{_segment(dataset_id, 'dataset_id')}/events", token, payload
             )
         except GraphError as err:
@@ -193,6 +195,7 @@ class GraphClient:
             )
             partial.request_bytes = len(payload)
             partial.events_received = received if isinstance(received, int) else None
+            partial.usage = usage
             raise partial
         messages = answer.get("messages")
         return EventsResult(
@@ -201,13 +204,14 @@ class GraphClient:
             fbtrace_id=fbtrace,
             http_status=status,
             bytes=len(payload),
+            usage=usage,
         )
 
     def create_dataset(self, waba_id: str, token: str, name: str | None = None) -> str:
         """``POST /{waba_id}/dataset``: Meta's get-or-create, so it is safe to call again; returns
         the dataset id."""
         body: JsonObject = {"dataset_name": name} if name else {}
-        status, answer = self._call(
+        status, answer, _ = self._call(
             "POST", f"{_segment(waba_id, 'waba_id')}/dataset", token, json.dumps(body).encode()
         )
         dataset_id = answer.get("id")
@@ -221,7 +225,7 @@ class GraphClient:
         Meta documents ``{"id": ...}`` and was observed answering ``{"data": [{"id": ...}]}``
         (reference §3.2); both are accepted.
         """
-        _, answer = self._call("GET", f"{_segment(waba_id, 'waba_id')}/dataset", token, None)
+        _, answer, _ = self._call("GET", f"{_segment(waba_id, 'waba_id')}/dataset", token, None)
         if answer.get("id"):
             return str(answer["id"])
         data = answer.get("data")
@@ -233,7 +237,7 @@ class GraphClient:
 
     def subscribe_app(self, waba_id: str, token: str) -> None:
         """``POST /{waba_id}/subscribed_apps``: the token's app receives that WABA's webhooks."""
-        status, answer = self._call(
+        status, answer, _ = self._call(
             "POST", f"{_segment(waba_id, 'waba_id')}/subscribed_apps", token, b"{}"
         )
         if answer.get("success") is not True:
@@ -243,10 +247,10 @@ class GraphClient:
 
     def _call(
         self, method: str, path: str, token: str, payload: bytes | None
-    ) -> tuple[int, JsonObject]:
-        """One request; returns (status, JSON object) for a 2xx JSON answer, else raises
-        GraphError. The requests exception is dropped (``from None``): it holds the prepared
-        request, Authorization header included."""
+    ) -> tuple[int, JsonObject, Usage | None]:
+        """One request; returns (status, JSON object, Meta's usage headers) for a 2xx JSON
+        answer, else raises GraphError (with the usage headers). The requests exception is
+        dropped (``from None``): it holds the prepared request, Authorization header included."""
         if not token:
             raise ValueError("token is empty")
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -274,16 +278,18 @@ class GraphClient:
             reason = _connection_reason(exc)
             raise GraphError(f"answer cut off: {reason}", network=True).redact(token) from None
         status = response.status_code
+        usage = Usage.from_headers(response.headers)
         try:
             body = json.loads(content) if content else None
         except ValueError:
             body = None
         if 200 <= status < 300 and isinstance(body, dict):
-            return status, body
+            return status, body, usage
         text = content.decode("utf-8", "replace")
         if body is not None and not isinstance(body, dict):
             body = {}  # JSON, but not an object: "without Meta's error envelope"
         err = GraphError.from_response(status, body, text)
         if err.fbtrace_id is None:
             err.fbtrace_id = response.headers.get("x-fb-trace-id")
+        err.usage = usage
         raise err.redact(token)

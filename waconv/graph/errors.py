@@ -20,9 +20,12 @@ import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waconv.conversions.events import EVENT_NAMES
+
+if TYPE_CHECKING:
+    from waconv.graph.usage import Usage
 
 # How much of a non-JSON body (an HTML error page from a proxy or a 5xx) goes into the message:
 # enough to recognise it, not a whole page in every log line.
@@ -96,6 +99,7 @@ class GraphError(Exception):
         # Of an events request, for the request log: its body's size, Meta's receipt.
         self.request_bytes = 0
         self.events_received: int | None = None
+        self.usage: Usage | None = None  # Meta's usage headers on the answer
 
     @classmethod
     def from_response(cls, status: int, body: Mapping[str, Any] | None, text: str) -> GraphError:
@@ -184,6 +188,8 @@ class Disposition(enum.Enum):
 # Throttling codes (reference §3.9): 4 app limit, 17 user limit, 32 page limit, 341 application
 # limit, 613 ad-account calls; 80000-80099 are the Business Use Case limits (80004 ...).
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 341, 613})
+# Of those, the limits of the whole app (every account it sends for), not of one account.
+APP_RATE_LIMIT_CODES = frozenset({4, 341})
 BUC_RATE_LIMIT_CODES = range(80000, 80100)
 # Meta's own "temporary" codes: 1 unknown / downtime, 2 service unavailable.
 TEMPORARY_CODES = frozenset({1, 2})

@@ -32,8 +32,8 @@ import re
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -95,6 +95,7 @@ class Fault:
     message: str | None = None
     delay: float = DEFAULT_TIMEOUT_DELAY
     accept: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # Meta's usage headers on this answer
 
 
 @dataclass
@@ -102,6 +103,7 @@ class _Reply:
     status: int
     payload: bytes
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 _trace_ids = itertools.count(1)
@@ -232,6 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(reply.payload)))
             self.send_header("x-fb-trace-id", _fbtrace())
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(reply.payload)
         except OSError:
@@ -277,6 +281,8 @@ class FakeGraph:
         self.datasets: dict[str, str] = {}  # waba_id -> dataset_id, from POST /{waba}/dataset
         self.subscribed: set[str] = set()  # WABAs with POST /{waba}/subscribed_apps
         self.dataset_names: dict[str, str] = {}  # dataset_id -> dataset_name given at creation
+        # Headers on every events answer (X-App-Usage, X-Business-Use-Case-Usage ...).
+        self.usage_headers: dict[str, str] = {}
 
         # Seconds each events request waits before its answer (Meta's latency, for the
         # concurrency tests and the fleet benchmark); requests waiting at once are counted.
@@ -351,13 +357,16 @@ class FakeGraph:
         message: str | None = None,
         delay: float = DEFAULT_TIMEOUT_DELAY,
         accept: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Queue ``n`` faults of ``kind`` (see FAULT_KINDS); each events request consumes one,
         in order, before any validation. ``accept=True`` on "timeout" records the events as
-        accepted after the delay (Meta got them, the client never heard back)."""
+        accepted after the delay (Meta got them, the client never heard back). ``headers``
+        go on the fault's answer (Meta's usage headers)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
-        fault = Fault(kind, status, code, subcode, message, delay, accept)
+        extra = tuple((headers or {}).items())
+        fault = Fault(kind, status, code, subcode, message, delay, accept, extra)
         with self.lock:
             self._faults.extend([fault] * n)
 
@@ -399,8 +408,9 @@ class FakeGraph:
             return [request for request in self.requests if request["kind"] == "events"]
 
     def reset(self) -> None:
-        """Forget recordings and queued faults (configuration stays)."""
+        """Forget recordings, queued faults and usage headers (configuration stays)."""
         with self.lock:
+            self.usage_headers.clear()
             self.requests.clear()
             self.events.clear()
             self._faults.clear()
@@ -454,10 +464,13 @@ class FakeGraph:
                 self.in_flight -= 1
         if fault is not None:
             reply = self._fault_reply(fault)
+            reply.headers.update(fault.headers)
         elif bad_json:
             reply = _invalid("the request body is not valid JSON")
         else:
             reply = self._route(method, parts, query, handler, body, record)
+        if is_events and self.usage_headers:
+            reply.headers = {**self.usage_headers, **reply.headers}
         record["status"] = reply.status
         handler.send(reply)
 
