@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -352,24 +353,13 @@ def _process_change(ctx: ChangeContext) -> int:
             )
             items += 1
         return items
-    if ctx.field == "automatic_events":
-        items = 0
-        for event in _list(ctx.value.get("automatic_events")):
-            _process_automatic_event(ctx, _dict(event))
-            items += 1
-        return items
-    if ctx.field in ECHO_FIELDS:
-        items = 0
-        for echo in _list(ctx.value.get("message_echoes") or ctx.value.get(ctx.field)):
-            _process_echo(ctx, _dict(echo))
-            items += 1
-        return items
-    if ctx.field == "user_id_update":
-        items = 0
-        for update in _list(ctx.value.get("user_id_update")):
-            _process_user_id_update(ctx, _dict(update))
-            items += 1
-        return items
+    one_list = _ONE_LIST_FIELDS.get(ctx.field)
+    if one_list is not None:
+        key, process = one_list
+        listed = _list(ctx.value.get(key) or ctx.value.get(ctx.field))
+        for item in listed:
+            process(ctx, _dict(item))
+        return len(listed)
     # account_update, template status, … : kept for the record, nothing to act on.
     ctx.notice("unknown_field", ctx.value, message=f"field {ctx.field!r} is not acted on")
     return 1
@@ -764,3 +754,11 @@ def _process_automatic_event(ctx: ChangeContext, event: dict[str, Any]) -> None:
     )
     for refusal in refusals:
         ctx.notice("rule_refused", event, message=refusal)
+
+
+# Fields whose value holds one list of items, each applied alone: (the list's key, how).
+_ONE_LIST_FIELDS: dict[str, tuple[str, Callable[[ChangeContext, dict[str, Any]], None]]] = {
+    "automatic_events": ("automatic_events", _process_automatic_event),
+    "user_id_update": ("user_id_update", _process_user_id_update),
+    **{field: ("message_echoes", _process_echo) for field in ECHO_FIELDS},
+}
