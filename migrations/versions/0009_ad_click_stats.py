@@ -129,6 +129,9 @@ def _sqlite_statements() -> list[str]:
     ]
 
 
+# 0007's ROLLUP_LOCK: the click rollup and the conversion rollup are changed under one lock.
+ROLLUP_LOCK = 7_366_001
+
 _PG_OPS = {  # operation: (new rows, old rows, REFERENCING)
     "insert": ("new_rows", _NONE, "NEW TABLE AS new_rows"),
     "update": ("new_rows", "old_rows", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
@@ -142,7 +145,8 @@ def _pg_statements() -> list[str]:
         function = f"waconv_clicks_stats_{op_name}"
         statements.append(
             f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN {_delta(new, old, 'postgresql')}; RETURN NULL; END $$"
+            f"BEGIN PERFORM pg_advisory_xact_lock({ROLLUP_LOCK}); "
+            f"{_delta(new, old, 'postgresql')}; RETURN NULL; END $$"
         )
         statements.append(
             f"CREATE TRIGGER clicks_stats_{op_name} AFTER {op_name.upper()} ON clicks "
