@@ -191,7 +191,10 @@ def delivery_in(ids: Sequence[int], dialect: str) -> Any:
     listed = bindparam(None, id_list(ids, dialect), type_=Text)
     column = ConversionDelivery.conversion_id
     if dialect == "postgresql":
-        return column == any_(cast(listed, ARRAY(BigInteger)))
+        # A join with the ids, not ``= ANY``: the table is new and unanalyzed when the first
+        # Gateway batches go, PostgreSQL scans it, and a prepared (generic) plan tests each
+        # row against the whole array: 755 ms of PostgreSQL per 1,000 events at 20,000.
+        return column.in_(select(func.unnest(cast(listed, ARRAY(BigInteger)))))
     return column.in_(select(func.json_each(listed).table_valued("value").c.value))
 
 
