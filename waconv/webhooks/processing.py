@@ -472,16 +472,16 @@ def _process_message(
         # A click that arrived after messages written since: those that saw no click
         # when they were processed are looked at again, under this one.
         for earlier in store.messages_without_a_click(ctx.session, conversation, timestamp, wamid):
-            _fire_rules(
-                ctx,
-                conversation,
-                earlier.wamid,
-                earlier.type,
-                earlier.text,
-                earlier.timestamp,
-                earlier.payload if isinstance(earlier.payload, dict) else {},
-            )
+            _fire_rules_on_stored(ctx, conversation, earlier)
     _fire_rules(ctx, conversation, wamid, kind, text, timestamp, msg)
+
+
+def _fire_rules_on_stored(ctx: ChangeContext, conversation: Conversation, message: Any) -> None:
+    """The rules on a message already stored, looked at again under a click that came later."""
+    payload = message.payload if isinstance(message.payload, dict) else {}
+    _fire_rules(
+        ctx, conversation, message.wamid, message.type, message.text, message.timestamp, payload
+    )
 
 
 def _fire_rules(
@@ -578,15 +578,7 @@ def _apply_change(ctx: ChangeContext, change: identity.IdChange, payload: Any) -
         for earlier in applied.to_review or ():
             if earlier.conversation_id != conversation.id:
                 continue
-            _fire_rules(
-                ctx,
-                conversation,
-                earlier.wamid,
-                earlier.type,
-                earlier.text,
-                earlier.timestamp,
-                earlier.payload if isinstance(earlier.payload, dict) else {},
-            )
+            _fire_rules_on_stored(ctx, conversation, earlier)
 
 
 def _process_user_id_update(ctx: ChangeContext, update: dict[str, Any]) -> None:
