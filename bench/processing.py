@@ -220,10 +220,16 @@ def run_floor(bodies: list[bytes], backend: str, rnd: int, workdir: Path) -> Pro
                     )
                     clicks.append({**r["click"], "conversation_id": cid})
                     conversions += [{**c, "conversation_id": cid} for c in r["conversions"]]
-                conn.execute(insert(Message), messages)
-                conn.execute(insert(Click), clicks)
-                if conversions:
-                    conn.execute(insert(Conversion), conversions)
+                for model, values in (
+                    (Message, messages),
+                    (Click, clicks),
+                    (Conversion, conversions),
+                ):
+                    if values:  # one statement each: as waconv's batch.apply_plain does
+                        one = insert(model)
+                        if backend == "postgresql":
+                            one = one.returning(model.id)
+                        conn.execute(one, values)
                 conn.execute(
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id.in_(ids))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 
 from tests import payloads as p
 from tests.conftest import encode
@@ -278,3 +278,33 @@ def test_what_databases_refuse_is_replaced_on_the_set_based_path_too(make_app, m
     assert texts == ["nul \ufffd and lone ? inside", "plain"]
     assert clicks == ["1\ufffd2"]
     assert sorted(applied) == texts
+
+
+def test_a_batch_inserts_its_clicks_in_one_statement(make_app, monkeypatch):
+    """One INSERT for a batch's clicks, not one per click: the click rollup's trigger runs once
+    per statement on PostgreSQL, and per-row statements made it the processors' whole cost."""
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    for i in range(20):
+        ref = p.referral(ctwa_clid=f"clid-{i}")
+        ingest.store(
+            services, encode(p.delivery(p.text(f"i{i}", wa_id=f"1555100{i:04d}", ref=ref)))
+        )
+    inserts: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO clicks"):  # a list: the driver's executemany
+            inserts.append("executemany" if isinstance(parameters, list) else "one statement")
+
+    event.listen(services.db.engine, "before_cursor_execute", seen)
+    monkeypatch.setattr(ingest, "_pace", ingest._Pace(0.0))
+    try:
+        with freeze_time("2026-11-24 10:00:00"):
+            assert processor.drain(services) == 20
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", seen)
+    with services.db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Click)) == 20
+    # SQLite: one executemany (its rollup triggers are per row); PostgreSQL: one statement
+    # (psycopg's executemany sends a statement per row).
+    expected = "executemany" if services.db.dialect == "sqlite" else "one statement"
+    assert inserts == [expected]

@@ -269,8 +269,9 @@ def apply_plain(session: Session, services: Services, plains: list[Plain]) -> in
     # (Asking for the rows in parameter order made SQLite insert them one by one.)
     by_user = {tuple(row[1:]): row[0] for row in conversation_ids}
     ids = [by_user[(plain.phone_number_id, plain.wa_id, plain.user_id)] for plain in plains]
+    inserts = _INSERT[connection.dialect.name]
     connection.execute(
-        _INSERT_MESSAGES,
+        inserts[Message],
         [
             {
                 "wamid": plain.wamid,
@@ -292,7 +293,7 @@ def apply_plain(session: Session, services: Services, plains: list[Plain]) -> in
         if plain.referral is not None
     ]
     if clicks:
-        connection.execute(_INSERT_CLICKS, clicks)
+        connection.execute(inserts[Click], clicks)
     _fire(session, services, plains, ids)
     return len(plains)
 
@@ -304,8 +305,15 @@ _NO_CLICK = {"referral": null(), "clicked_at": None, "ctwa_clid": None}
 _INSERT_CONVERSATIONS = insert(Conversation).returning(
     Conversation.id, Conversation.phone_number_id, Conversation.wa_id, Conversation.user_id
 )
-_INSERT_MESSAGES = insert(Message)
-_INSERT_CLICKS = insert(Click)
+# Each table's rows in one INSERT. On PostgreSQL, RETURNING makes SQLAlchemy send them as one
+# statement ("insertmanyvalues"): a plain executemany is one statement per row on psycopg, and
+# the click rollup's statement trigger (migration 0009) then ran once per click, 0.3 ms each
+# under its lock (5,000 deliveries: 652 -> 1,183 a second). SQLite's executemany is faster as
+# it is (2,960 against 2,247 with RETURNING): its rollup triggers run per row anyway.
+_INSERT = {
+    "postgresql": {model: insert(model).returning(model.id) for model in (Message, Click)},
+    "sqlite": {model: insert(model) for model in (Message, Click)},
+}
 
 
 def _fire(session: Session, services: Services, plains: list[Plain], ids: list[int]) -> None:
