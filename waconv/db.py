@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, create_engine, event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, lazyload, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -323,7 +324,11 @@ def insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> in
 @functools.cache
 def _insert_object_statement(model: Any, dialect: str) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(model).on_conflict_do_nothing().returning(model)
+    statement = insert(model).on_conflict_do_nothing().returning(model)
+    # A new row has no children: its collections load when read, not each with a SELECT
+    # after the INSERT (a "selectin" collection did, for every new conversion).
+    collections = [r.class_attribute for r in sa_inspect(model).relationships if r.uselist]
+    return statement.options(*(lazyload(c) for c in collections))
 
 
 def insert_object_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> Any:
