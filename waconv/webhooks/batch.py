@@ -310,7 +310,7 @@ _INSERT_CONVERSATIONS = insert(Conversation).returning(
 # the click rollup's statement trigger (migration 0009) then ran once per click, 0.3 ms each
 # under its lock (5,000 deliveries: 652 -> 1,183 a second). SQLite's executemany is faster as
 # it is (2,960 against 2,247 with RETURNING): its rollup triggers run per row anyway.
-_INSERT = {
+_INSERT: dict[str, dict[type[Message | Click], Any]] = {
     "postgresql": {model: insert(model).returning(model.id) for model in (Message, Click)},
     "sqlite": {model: insert(model) for model in (Message, Click)},
 }
