@@ -32,7 +32,7 @@ run: install  ## migrate the database and serve the app + a dispatcher on $(HOST
 	$(BIN)/waconv serve --host $(HOST) --port $(PORT)
 
 test: install-test  ## run the whole suite (also on PostgreSQL when WACONV_TEST_POSTGRES_URL is set)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 LINT_PATHS := waconv tests migrations config wsgi.py $(wildcard bench)
 

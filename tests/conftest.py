@@ -20,9 +20,9 @@ import psycopg  # noqa: F401  (imported before freezegun freezes time: its C ext
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
-from waconv import create_app, schema
+from waconv import create_app, db, schema
 from waconv.config import Settings, load_settings
 from waconv.db import Base, make_engine
 from waconv.graph.fake import STOP_GRACE_SECONDS, FakeGraph
@@ -42,7 +42,43 @@ DATASET_ID = "987654321012345"
 # tests' setup as ~1.8e9 s (a test's frozen "now" minus a real start).
 freezegun.configure(extend_ignore_list=["_pytest.timing"])
 
-POSTGRES_URL = os.environ.get("WACONV_TEST_POSTGRES_URL", "")
+
+def _worker_database(url: str) -> str:
+    """Under pytest-xdist (``make test`` runs a worker per core), each worker's own PostgreSQL
+    database beside the configured one (``test`` -> ``test_gw0``), created if missing: the
+    workers empty their tables after every test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    configured = make_url(url)
+    name = f"{configured.database}_{worker}"
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if not exists:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        engine.dispose()
+    return configured.set(database=name).render_as_string(hide_password=False)
+
+
+_ENGINES: dict[tuple[Any, ...], Engine] = {}
+
+
+def _shared_engine(url: str, **options: Any) -> Engine:
+    """The run's one engine per URL and options, for every Database the tests build: an engine
+    compiles each statement once (its cache, dialect and listeners outlive dispose(), which
+    only replaces the pool), and a new engine per test compiled every statement again per test
+    (a fifth of the admin tests' time)."""
+    key = (url, *sorted(options.items()))
+    if key not in _ENGINES:
+        _ENGINES[key] = make_engine(url, **options)
+    return _ENGINES[key]
+
+
+db.make_engine = _shared_engine  # type: ignore[assignment]
+POSTGRES_URL = _worker_database(os.environ.get("WACONV_TEST_POSTGRES_URL", ""))
 # A PostgreSQL twin of each database test only when there is a PostgreSQL to run it on.
 BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
 
@@ -136,6 +172,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("browser"):
+            # They start processes (gunicorn, processors, dispatchers, Chromium) and hold them
+            # to deadlines. Under ``make test`` (pytest-xdist, --dist loadgroup) they run one
+            # at a time on one worker: two at once on two cores starved the niced processors
+            # past their deadlines; the other worker's in-process tests leave them a core.
+            item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -127,6 +127,7 @@ def test_every_command_but_upgrade_exits_1_with_one_line_naming_it(
     assert "waconv db upgrade" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_real_command_prints_only_the_one_line(
     unmigrated_url: str, cli_env: Callable[[str], dict[str, str]]
 ) -> None:

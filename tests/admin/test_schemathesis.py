@@ -34,7 +34,7 @@ from waconv.models import Conversion
 from waconv.services import Services
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-MAX_EXAMPLES = 50  # per operation and mode: bounded, a few seconds per backend
+MAX_EXAMPLES = 30  # per operation and mode: bounded, about a second per backend
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

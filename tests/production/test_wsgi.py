@@ -6,10 +6,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import APP_SECRET, SECRET_KEY, VERIFY_TOKEN
 from tests.production.helpers import ROOT, gunicorn_command
 
 
+@pytest.mark.slow
 def test_gunicorn_with_a_malformed_rule_stops_with_one_line(tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text(

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
@@ -21,6 +22,8 @@ from waconv.models import Message, WebhookDelivery
 from waconv.webhooks import batch, ingest, processor
 
 # Bounded wait for the processor thread (the contract: effects within a few seconds).
+pytestmark = pytest.mark.slow  # processors are child processes
+
 EFFECT_DEADLINE_SECONDS = 5.0
 
 
