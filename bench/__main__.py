@@ -20,8 +20,22 @@ from typing import Any
 
 from bench import common, report
 
-FULL = {"deliveries": 20_000, "warmup": 500, "events": 20_000, "rounds": 5, "orders": 1_000}
-QUICK = {"deliveries": 2_000, "warmup": 100, "events": 5_000, "rounds": 1, "orders": 200}
+FULL = {
+    "deliveries": 20_000,
+    "warmup": 500,
+    "ingest_rounds": 3,
+    "events": 20_000,
+    "rounds": 5,
+    "orders": 1_000,
+}
+QUICK = {
+    "deliveries": 2_000,
+    "warmup": 100,
+    "ingest_rounds": 1,
+    "events": 5_000,
+    "rounds": 1,
+    "orders": 200,
+}
 # Applying stored deliveries in one process: the per-delivery path takes minutes for 20,000 on
 # PostgreSQL, and three contenders alternate.
 PROCESSING = {"full": (5_000, 3), "quick": (1_000, 1)}
@@ -60,6 +74,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         type=float,
         default=300.0,
         help="how long to wait, after the last 200, for waconv to process every delivery",
+    )
+    p.add_argument(
+        "--ingest-rounds", type=int, help="ingest rounds per server (the median is reported)"
     )
     p.add_argument("--events", type=int, help="conversions per dispatch run")
     p.add_argument("--rounds", type=int, help="dispatch rounds (the median is reported)")
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             cap_seconds=args.cap_seconds,
             process_wait=args.process_wait,
             profile=args.profile,
+            rounds=sizes["ingest_rounds"],
         )
         data["ingest"] = {"date": date, "command": command.strip(), **result.to_dict()}
         report.save(data)

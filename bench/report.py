@@ -56,7 +56,10 @@ def _ingest_section(ingest: dict[str, Any]) -> list[str]:
         f"{ingest['body_bytes']['mean']:.0f}), each posted once; {ingest['warmup']} other "
         "deliveries warm each server up first and are not measured. A run still posting after "
         f"{ingest.get('cap_seconds', 0):.0f} s stops sending new posts (those in flight are "
-        "awaited and counted); its figures cover the posts it made.",
+        "awaited and counted); its figures cover the posts it made. "
+        f"{ingest.get('rounds', 1)} round(s) per server, contenders alternating; each row is "
+        "its median round (every round's req/s below the table), and each ratio compares "
+        "median rounds.",
         "",
         "| database | contender | posts | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
         "| errors | stored |",
@@ -102,6 +105,14 @@ def _ingest_section(ingest: dict[str, Any]) -> list[str]:
             f"{lat['90']:.1f} | {lat['99']:.1f} | {lat['99.9']:.1f} | {lat['max']:.1f} | "
             f"{run['errors']} | {stored} |"
         )
+    rounds = [
+        f"{run['backend']} {run['contender']}: "
+        + ", ".join(f"{rps:,.0f}" for rps in run.get("round_rps", []))
+        for run in ingest["runs"]
+        if len(run.get("round_rps", [])) > 1
+    ]
+    if rounds:
+        out += ["", "Rounds (req/s, in order): " + "; ".join(rounds) + "."]
     out += ["", "### Ingest against the targets", ""]
     out += [
         "| database | waconv/pywa (≥ 2.0) | waconv/bare (≥ 0.5) | waconv p99 (≤ 50 ms) | "
