@@ -80,6 +80,18 @@ def test_webhook_and_admin_answer_503_naming_the_upgrade_command(
     assert r.status_code == 400  # what is wrong with the request still comes first
 
 
+def test_the_console_answers_a_page_naming_the_upgrade_command(
+    make_app: Callable[..., Flask], unmigrated_url: str
+) -> None:
+    client = make_app(database_url=unmigrated_url).test_client()
+    assert client.get("/console/login").status_code == 200  # the form needs no database
+    r = client.post("/console/login", data={"token": ADMIN_TOKEN})
+    assert r.status_code == 503, r.data
+    assert r.mimetype == "text/html"
+    assert b"waconv db upgrade" in r.data
+    assert b"Traceback" not in r.data
+
+
 # --- every command on a database that was never migrated --------------------------------------
 
 COMMANDS = [

@@ -22,6 +22,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as Redirect
 
@@ -34,6 +35,7 @@ from waconv.console.chart import daily_chart
 from waconv.conversations import search
 from waconv.errors import APIError
 from waconv.models import Click, Conversation, Conversion, Message, WebhookDelivery
+from waconv.outage import unavailable
 from waconv.services import current_services
 
 bp = Blueprint(
@@ -125,6 +127,14 @@ def _redirect(endpoint: str, **values: Any) -> Redirect:
 @bp.errorhandler(404)
 def _not_found(_err: Any) -> Any:
     return render_template("console/error.html", message="There is no such page or record."), 404
+
+
+@bp.errorhandler(SQLAlchemyError)
+def _database_error(err: SQLAlchemyError) -> Any:
+    """The API's 503 (not migrated, or not reachable for now), as a page a person reads."""
+    refusal = unavailable(current_services().db, err)
+    page = render_template("console/error.html", message=refusal.message)
+    return page, refusal.status, refusal.headers
 
 
 # --- login --------------------------------------------------------------------------------------
