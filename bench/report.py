@@ -404,7 +404,7 @@ def _fleet_section(fleet: dict[str, Any]) -> list[str]:
         "",
         f"Memory: `waconv dispatch --once` sending {m['events']:,} events of "
         f"{m['event_bytes'] // 1000} KB of `custom_data` each peaked at {m['loaded_mb']:.0f} MB "
-        f"resident ({m['empty_mb']:.0f} MB on an empty outbox; target under "
+        f"resident (its own VmHWM; {m['empty_mb']:.0f} MB on an empty outbox; target under "
         f"{m['target_mb']} MB{'' if m['loaded_mb'] < m['target_mb'] else ', missed'}); "
         f"{m['accepted']:,} accepted.",
         "",
