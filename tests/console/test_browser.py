@@ -278,6 +278,16 @@ def test_pages_fit_a_phone_and_show_local_times(
     assert "Asia/Tokyo" in driver.find_element(By.TAG_NAME, "footer").text
     shoot("conversation-phone-detail")
 
+    # A failed conversion on a phone: why it failed and Retry on the first screen, the
+    # details below them (they pushed Retry past two screens).
+    driver.get(f"{server}/console/conversions/{failed_purchase}")
+    retry = driver.find_element(By.XPATH, "//button[normalize-space()='Retry']")
+    bottom = driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect(); return r.bottom;", retry
+    )
+    assert bottom <= driver.execute_script("return window.innerHeight"), bottom
+    shoot("conversion-phone")
+
 
 DESKTOP_WIDTH = 1280
 
