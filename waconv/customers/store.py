@@ -65,7 +65,9 @@ def user_data_for(session: Session, conversation_id: int) -> dict[str, Any]:
     """The hashed ``user_data`` fields of a conversation: ``ph`` from its ``wa_id``, and what
     connectors named. One digest stays a string; several become a list (Meta takes both)."""
     found: dict[str, list[str]] = {}
-    wa_id = session.scalar(select(Conversation.wa_id).where(Conversation.id == conversation_id))
+    # Loaded already where a conversion is marked or fired: the session has it, no SELECT.
+    conversation = session.get(Conversation, conversation_id)
+    wa_id = conversation.wa_id if conversation is not None else None
     if wa_id:
         found["ph"] = [sha256_hex(wa_id)]  # already digits with the country code
     rows = session.execute(
