@@ -76,7 +76,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="how long to wait, after the last 200, for waconv to process every delivery",
     )
     p.add_argument(
-        "--ingest-rounds", type=int, help="ingest rounds per server (the median is reported)"
+        "--ingest-rounds",
+        type=int,
+        help="ingest and connectors rounds per server (the median is reported)",
     )
     p.add_argument("--events", type=int, help="conversions per dispatch run")
     p.add_argument("--rounds", type=int, help="dispatch rounds (the median is reported)")
@@ -170,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "connectors"):
         from bench import connectors
 
-        cresult = connectors.run(orders=sizes["orders"], backends=backends, workdir=workdir)
+        cresult = connectors.run(
+            orders=sizes["orders"],
+            backends=backends,
+            workdir=workdir,
+            rounds=sizes["ingest_rounds"],
+        )
         data["connectors"] = {"date": date, "command": command.strip(), **cresult.to_dict()}
         report.save(data)
 
