@@ -202,7 +202,7 @@ def ads_report(session: Session, query: ReportQuery) -> AdsReport:
     # conversation, on one ad) is in the range when a click is and the one before is not.
     per_ad = (
         select(AdClickStat.source_id, AdClickStat.kind, func.sum(AdClickStat.count))
-        .where(*_click_days(query), AdClickStat.prev_day < query.since.isoformat())
+        .where(*_in_range(AdClickStat, query), AdClickStat.prev_day < query.since.isoformat())
         .group_by(AdClickStat.source_id, AdClickStat.kind)
     )
     for source, kind, count in session.execute(per_ad):
@@ -223,7 +223,7 @@ def ads_report(session: Session, query: ReportQuery) -> AdsReport:
         AdConversionStat.currency,
         func.sum(AdConversionStat.events),
         func.sum(AdConversionStat.revenue_micros),
-    ).where(*_stat_days(query))
+    ).where(*_in_range(AdConversionStat, query))
     stats = stats.group_by(
         AdConversionStat.source_id,
         AdConversionStat.outcome,
@@ -246,23 +246,11 @@ def ads_report(session: Session, query: ReportQuery) -> AdsReport:
     return AdsReport(query, items)
 
 
-def _stat_days(query: ReportQuery) -> list[Any]:
-    where = [
-        AdConversionStat.day >= query.since.isoformat(),
-        AdConversionStat.day <= query.until.isoformat(),
-    ]
+def _in_range(rollup: type[AdConversionStat] | type[AdClickStat], query: ReportQuery) -> list[Any]:
+    """A rollup's rows of the query's days (and account)."""
+    where = [rollup.day >= query.since.isoformat(), rollup.day <= query.until.isoformat()]
     if query.waba_id is not None:
-        where.append(AdConversionStat.waba_id == query.waba_id)
-    return where
-
-
-def _click_days(query: ReportQuery) -> list[Any]:
-    where = [
-        AdClickStat.day >= query.since.isoformat(),
-        AdClickStat.day <= query.until.isoformat(),
-    ]
-    if query.waba_id is not None:
-        where.append(AdClickStat.waba_id == query.waba_id)
+        where.append(rollup.waba_id == query.waba_id)
     return where
 
 
@@ -276,7 +264,7 @@ def _describe(session: Session, query: ReportQuery, rows: dict[str | None, AdRow
         in_range.append(clicks.conversation_id.in_(mine))
     ads = (
         select(AdClickStat.source_id)
-        .where(*_click_days(query), AdClickStat.source_id != "")
+        .where(*_in_range(AdClickStat, query), AdClickStat.source_id != "")
         .distinct()
         .subquery()
     )
@@ -323,7 +311,7 @@ def daily(session: Session, query: ReportQuery) -> list[Day]:
         session.execute(
             select(AdClickStat.day, func.sum(AdClickStat.count))
             .where(
-                *_click_days(query),
+                *_in_range(AdClickStat, query),
                 AdClickStat.kind == AdClickStat.CLICK,
                 AdClickStat.prev_day < AdClickStat.day,
             )
@@ -332,7 +320,10 @@ def daily(session: Session, query: ReportQuery) -> list[Day]:
     )
     credited = (
         select(AdConversionStat.day, func.sum(AdConversionStat.events))
-        .where(*_stat_days(query), AdConversionStat.outcome == AdConversionStat.CREDITED)
+        .where(
+            *_in_range(AdConversionStat, query),
+            AdConversionStat.outcome == AdConversionStat.CREDITED,
+        )
         .group_by(AdConversionStat.day)
     )
     conversions: dict[str, int] = dict(session.execute(credited).all())
