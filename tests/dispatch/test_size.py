@@ -3,6 +3,7 @@ too large (413) splits the batch and never pauses the account."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -82,7 +83,13 @@ def test_a_backlog_of_large_events_is_read_a_request_at_a_time(
     ids = enqueue_many(ready, 20, custom_data=big)  # 8 MB: three requests' worth
     now = utcnow()
     first = queue.claim(ready.db, WABA_ID, 1000, now=now, oldest=send_limit(now))
-    assert 1 <= len(first.rows) <= 8 and first.more
+    # Each event is ~400,450 bytes with its overhead: the events whose predecessors take less
+    # than the 3 MiB cap are the first 8 (SQLite stops reading there, PostgreSQL's window
+    # query cuts there: both by the same rule).
+    size = len(json.dumps(big)) + queue.EVENT_OVERHEAD_BYTES
+    expected = -(-queue.MAX_REQUEST_BYTES // size)  # k rows while (k - 1) * size < the cap
+    assert expected == 8
+    assert len(first.rows) == expected and first.more
 
     stats = Dispatcher(ready).run_once()
 
