@@ -23,7 +23,7 @@ from bench import common, report
 FULL = {
     "deliveries": 20_000,
     "warmup": 500,
-    "ingest_rounds": 3,
+    "server_rounds": 3,
     "events": 20_000,
     "rounds": 5,
     "orders": 1_000,
@@ -31,7 +31,7 @@ FULL = {
 QUICK = {
     "deliveries": 2_000,
     "warmup": 100,
-    "ingest_rounds": 1,
+    "server_rounds": 1,
     "events": 5_000,
     "rounds": 1,
     "orders": 200,
@@ -76,9 +76,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="how long to wait, after the last 200, for waconv to process every delivery",
     )
     p.add_argument(
-        "--ingest-rounds",
+        "--server-rounds",
         type=int,
-        help="ingest and connectors rounds per server (the median is reported)",
+        help="rounds per server of ingest and connectors (the median is reported)",
     )
     p.add_argument("--events", type=int, help="conversions per dispatch run")
     p.add_argument("--rounds", type=int, help="dispatch rounds (the median is reported)")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             cap_seconds=args.cap_seconds,
             process_wait=args.process_wait,
             profile=args.profile,
-            rounds=sizes["ingest_rounds"],
+            rounds=sizes["server_rounds"],
         )
         data["ingest"] = {"date": date, "command": command.strip(), **result.to_dict()}
         report.save(data)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             orders=sizes["orders"],
             backends=backends,
             workdir=workdir,
-            rounds=sizes["ingest_rounds"],
+            rounds=sizes["server_rounds"],
         )
         data["connectors"] = {"date": date, "command": command.strip(), **cresult.to_dict()}
         report.save(data)

@@ -181,6 +181,8 @@ def _peak_rss_mb(url: str, graph_url: str, workdir: Path) -> float:
         time.sleep(0.005)
     if child.returncode != 0:
         raise RuntimeError(f"waconv dispatch --once failed: {log_path.read_text()[-500:]}")
+    if peak_kb == 0:  # it ended before a read: 0 MB would pass for "under the target"
+        raise RuntimeError("waconv dispatch --once exited before its memory could be read")
     return peak_kb / 1024
 
 
