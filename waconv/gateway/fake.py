@@ -14,15 +14,14 @@ from __future__ import annotations
 import collections
 import json
 import socket
-import socketserver
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from waconv.graph.fake import LoopbackFake, LoopbackServer
+
 DEFAULT_ACCESS_KEY = "test-gateway-key"  # the fake's well-known test key, not a secret
-LISTEN_BACKLOG = 128
-SERVE_POLL_SECONDS = 0.05
 
 JsonObject = dict[str, Any]
 
@@ -33,27 +32,10 @@ class GatewayFault:
     body: str = '{"error": "fault"}'
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
-
-    def __init__(self, fake: FakeGateway, host: str) -> None:
-        self.fake = fake
-        super().__init__((host, 0), _Handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no getfqdn: slow without a resolver
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away is normal here."""
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _Server
+    server: LoopbackServer
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -74,7 +56,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the benchmark pushes thousands of requests through."""
 
 
-class FakeGateway:
+class FakeGateway(LoopbackFake):
+    handler = _Handler
+    thread_name = "fake-gateway"
+
     def __init__(
         self,
         *,
@@ -82,49 +67,13 @@ class FakeGateway:
         host: str = "127.0.0.1",
         latency: float = 0.0,
     ) -> None:
+        super().__init__(host)
         self.access_key = access_key
-        self.host = host
         self.latency = latency  # seconds each answer waits (the fleet benchmark)
         self.lock = threading.Lock()
         self.requests: list[JsonObject] = []  # path and JSON body of each request
         self.events: list[JsonObject] = []  # accepted events, with the request's dataset
         self._faults: collections.deque[GatewayFault] = collections.deque()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> FakeGateway:
-        if self._server is None:
-            self._server = _Server(self, self.host)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": SERVE_POLL_SECONDS},
-                name="fake-gateway",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(5.0)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeGateway:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeGateway is not started")
-        return f"http://{self._server.server_name}:{self._server.server_port}"
 
     def fail_next(self, n: int = 1, *, status: int | None = 500, body: str | None = None) -> None:
         """The next ``n`` requests answer ``status`` with ``body`` (None: connection closed
@@ -143,7 +92,7 @@ class FakeGateway:
 
     def _answer(self, path: str, raw: bytes) -> tuple[int | None, str]:
         if self.latency:
-            threading.Event().wait(self.latency)
+            self._stopping.wait(self.latency)  # stopping answers at once
         try:
             body = json.loads(raw)
         except ValueError:

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from waconv import clock
@@ -170,16 +170,21 @@ def dataset_id_for(waba_id: str) -> str:
     return str(10**15 + digest % 10**15)
 
 
-class _Server(ThreadingHTTPServer):
+class LoopbackServer(ThreadingHTTPServer):
+    """A loopback fake's HTTP server: a thread per connection, each connection known so that
+    stopping closes them all. ``fake`` is the object its handler answers from."""
+
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, fake: FakeGraph, host: str, port: int = 0) -> None:
+    def __init__(
+        self, fake: Any, host: str, port: int, handler: type[BaseHTTPRequestHandler]
+    ) -> None:
         self.fake = fake
         self.connections: set[socket.socket] = set()
         self.connections_changed = threading.Condition()
         self.connections_opened = 0
-        super().__init__((host, port), _Handler)
+        super().__init__((host, port), handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name (getfqdn), slow without a resolver.
@@ -217,7 +222,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: needs Content-Length on every answer
     disable_nagle_algorithm = True  # headers and body go out as separate writes
-    server: _Server
+    server: LoopbackServer
 
     def do_GET(self) -> None:
         self.server.fake._serve(self, "GET")
@@ -242,9 +247,67 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client gave up (timeout fault) or reset
 
 
-class FakeGraph:
+class LoopbackFake:
+    """What the loopback fakes share: served on a thread of their own, stopped with every
+    connection closed (no socket outlives the fake), a context manager, their URL."""
+
+    handler: type[BaseHTTPRequestHandler]
+    thread_name = "fake"
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.host = host
+        self.bind_port = port  # 0: any free port
+        self._stopping = threading.Event()  # set while stopping: wakes answers that wait
+        self._server: LoopbackServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = LoopbackServer(self, self.host, self.bind_port, self.handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": SERVE_POLL_SECONDS},
+            name=self.thread_name,
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close every connection and the listening socket; idempotent."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.close_all_connections(STOP_GRACE_SECONDS)
+        server.server_close()
+        if thread is not None:
+            thread.join(STOP_GRACE_SECONDS)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, the client's base_url."""
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return f"http://{self._server.server_name}:{self._server.server_port}"
+
+
+class FakeGraph(LoopbackFake):
     """The fake Graph API. Start it with ``with FakeGraph() as fake`` (or ``start()``/``stop()``);
     point a client at ``fake.url``."""
+
+    handler = _Handler
+    thread_name = "fake-graph"
 
     def __init__(
         self,
@@ -269,8 +332,7 @@ class FakeGraph:
         self.app_secret = app_secret
         # When set, only this Graph version is served; any "v..." otherwise.
         self.version = version
-        self.host = host
-        self.bind_port = port  # 0: any free port
+        super().__init__(host, port)
         # Called with each accepted batch of events, outside the lock (`waconv fake-graph`).
         self.on_accept = on_accept
         # ctwa_clids Meta does not know: an event carrying one rejects its batch (100/2804087).
@@ -293,51 +355,6 @@ class FakeGraph:
         self.requests: list[JsonObject] = []
         self.events: list[JsonObject] = []
         self._faults: collections.deque[Fault] = collections.deque()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> FakeGraph:
-        if self._server is not None:
-            return self
-        self._stopping.clear()
-        self._server = _Server(self, self.host, self.bind_port)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": SERVE_POLL_SECONDS},
-            name="fake-graph",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close every connection and the listening socket; idempotent."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()  # wakes a "timeout" fault that is still waiting
-        server.shutdown()
-        server.close_all_connections(STOP_GRACE_SECONDS)
-        server.server_close()
-        if thread is not None:
-            thread.join(STOP_GRACE_SECONDS)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeGraph:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``, the client's base_url."""
-        if self._server is None:
-            raise RuntimeError("FakeGraph is not started")
-        return f"http://{self._server.server_name}:{self._server.server_port}"
 
     @property
     def connections_opened(self) -> int:
