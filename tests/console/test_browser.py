@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import update
-from werkzeug.serving import make_server
 
 from tests import payloads as p
 from tests.admin.conftest import Admin
 from tests.conftest import ADMIN_TOKEN, WABA_ID
+from tests.webhooks.helpers import live_server
 from waconv.conversions import requestlog
 from waconv.models import Conversion
 from waconv.services import Services
@@ -83,12 +82,8 @@ def driver() -> Iterator[Any]:
 
 @pytest.fixture
 def server(app: Flask) -> Iterator[str]:
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http.server_port}"
-    http.shutdown()
-    thread.join()
+    with live_server(app) as url:
+        yield url
 
 
 @pytest.fixture
