@@ -240,6 +240,10 @@ def test_log_in_read_the_report_retry_a_failure_and_log_out(
     assert driver.current_url == f"{server}/console/login"
 
 
+# Lists whose rows read as cards on a phone (the per-ad table scrolls within itself instead).
+LIST_PAGES = ("conversions-phone", "webhooks-phone")
+
+
 def test_pages_fit_a_phone_and_show_local_times(
     fresh: Any, server: str, failed_purchase: int, shoot: Callable[[str], Path]
 ) -> None:
@@ -262,6 +266,12 @@ def test_pages_fit_a_phone_and_show_local_times(
         driver.find_element(By.TAG_NAME, "h1")
         scroll = driver.execute_script("return document.documentElement.scrollWidth")
         assert scroll <= width, f"{path} scrolls sideways on a phone ({scroll} > {width})"
+        if name in LIST_PAGES:  # every value on screen, none in a table scrolled out of sight
+            right = driver.execute_script(
+                "return Math.max(0, ...Array.from(document.querySelectorAll('td'),"
+                " td => td.getBoundingClientRect().right))"
+            )
+            assert right <= width, f"{path}: a row's values reach {right} px of {width}"
         shoot(name)
     driver.find_element(By.PARTIAL_LINK_TEXT, "Webhooks")  # the menu is reachable on a phone
 
