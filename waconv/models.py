@@ -489,8 +489,10 @@ class CustomerIdentifier(Base):
 class ConnectorReceipt(Base):
     """One signed delivery of a connector (a Shopify order webhook): what became of it.
 
-    Never the body (it holds the customer's name, address, email): the webhook id makes a
-    redelivery harmless, and the rest says what happened, for the unmatched list.
+    The body holds the customer's name, address and email: it is kept only while the delivery
+    waits for the background processor (``received``), encrypted under WACONV_SECRET_KEY, and
+    dropped once applied. The webhook id makes a redelivery harmless, and the rest says what
+    happened, for the unmatched list.
     """
 
     __tablename__ = "connector_receipts"
@@ -503,7 +505,8 @@ class ConnectorReceipt(Base):
     UNMATCHED = "unmatched"  # no conversation with a click has its phone or email
     IGNORED = "ignored"  # a topic waconv does not map to an event
     REFUSED = "refused"  # matched, but the conversion is not one Meta would take (the reason)
-    OUTCOMES = (MATCHED, UNMATCHED, IGNORED, REFUSED)
+    RECEIVED = "received"  # stored, waiting for the background processor to apply it
+    OUTCOMES = (MATCHED, UNMATCHED, IGNORED, REFUSED, RECEIVED)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     connector: Mapped[str] = mapped_column(String(16))
@@ -519,3 +522,7 @@ class ConnectorReceipt(Base):
     # The order's phone numbers and emails, hashed: enough to say later which customer it was.
     identifiers: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # While ``received``: the verified body (Fernet, see waconv.accounts.crypto) and the time
+    # Shopify says it sent it (X-Shopify-Triggered-At). Both None once applied.
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,4 +1,5 @@
-"""Access tokens at rest: Fernet (AES-128-CBC + HMAC-SHA256) under a key from WACONV_SECRET_KEY.
+"""Secrets at rest (access tokens, Gateway keys) and connector bodies waiting to be applied:
+Fernet (AES-128-CBC + HMAC-SHA256) under a key from WACONV_SECRET_KEY.
 
 Any string works as WACONV_SECRET_KEY; it is stretched to a Fernet key with SHA-256, so the
 same setting always opens the same tokens.
@@ -32,6 +33,20 @@ class TokenCipher:
                 "a stored access token cannot be decrypted: WACONV_SECRET_KEY differs from the "
                 "one it was stored with; set the old key back or store the token again with "
                 "`waconv accounts set-token`"
+            ) from None
+
+    def seal(self, data: bytes) -> bytes:
+        """Bytes (a connector's body) encrypted and authenticated."""
+        return self._fernet.encrypt(data)
+
+    def unseal(self, sealed: bytes) -> bytes:
+        """What ``seal`` encrypted; ConfigError when WACONV_SECRET_KEY changed since."""
+        try:
+            return self._fernet.decrypt(sealed)
+        except InvalidToken:
+            raise ConfigError(
+                "a stored body cannot be decrypted: WACONV_SECRET_KEY differs from the one it "
+                "was stored with"
             ) from None
 
     def __repr__(self) -> str:

@@ -172,31 +172,42 @@ def receive_shopify(session: Session, delivery: ShopifyDelivery, default_region:
     """
     earlier = _earlier(session, SHOPIFY, delivery.webhook_id)
     if earlier is not None:
-        CONNECTOR_DELIVERIES.labels(connector=SHOPIFY, outcome="duplicate").inc()
-        return earlier
+        return duplicate(SHOPIFY, earlier)
     values: dict[str, Any] = {
         "connector": SHOPIFY,
         "webhook_id": delivery.webhook_id,
         "topic": delivery.topic[:64],
-        "outcome": ConnectorReceipt.IGNORED,
         "received_at": utcnow(),
     }
-    values.update(_apply_shopify(session, delivery, default_region))
+    values.update(apply_shopify(session, delivery, default_region))
     receipt_id = insert_or_ignore(session, ConnectorReceipt, values)
     if receipt_id is None:
         raced = _earlier(session, SHOPIFY, delivery.webhook_id)
-        assert raced is not None
-        return raced
-    CONNECTOR_DELIVERIES.labels(connector=SHOPIFY, outcome=values["outcome"]).inc()
+        assert raced is not None, "a receipt conflicted on its webhook id and is not there"
+        return duplicate(SHOPIFY, raced)
+    counted(SHOPIFY, receipt_id, values)
+    return Receipt(receipt_id, values["outcome"], values.get("conversion_id"))
+
+
+def duplicate(connector: str, earlier: Receipt) -> Receipt:
+    """The receipt already kept for a delivery's webhook id, counted as a duplicate."""
+    CONNECTOR_DELIVERIES.labels(connector=connector, outcome="duplicate").inc()
+    return earlier
+
+
+def counted(connector: str, receipt_id: int, values: dict[str, Any]) -> None:
+    """What became of a delivery (a receipt's columns), in the metrics and the log: never a
+    word of customer information."""
+    CONNECTOR_DELIVERIES.labels(connector=connector, outcome=values["outcome"]).inc()
     log.info(
-        "connector.shopify receipt=%s topic=%s outcome=%s matched_by=%s conversion=%s",
+        "connector.%s receipt=%s topic=%s outcome=%s matched_by=%s conversion=%s",
+        connector,
         receipt_id,
-        values["topic"],
+        values.get("topic"),
         values["outcome"],
         values.get("matched_by"),
         values.get("conversion_id"),
     )
-    return Receipt(receipt_id, values["outcome"], values.get("conversion_id"))
 
 
 def _earlier(session: Session, connector: str, webhook_id: str) -> Receipt | None:
@@ -208,14 +219,15 @@ def _earlier(session: Session, connector: str, webhook_id: str) -> Receipt | Non
     return None if row is None else Receipt(row.id, "duplicate", row.conversion_id)
 
 
-def _apply_shopify(
+def apply_shopify(
     session: Session, delivery: ShopifyDelivery, default_region: str
 ) -> dict[str, Any]:
-    """What became of the delivery: the receipt's columns."""
+    """What became of the delivery: the receipt's columns (only ``flush()``es)."""
     if delivery.topic not in TOPICS:
         return {
+            "outcome": ConnectorReceipt.IGNORED,
             "reason": f"topic {delivery.topic!r} is not converted; subscribe "
-            f"{', '.join(sorted(TOPICS))}"
+            f"{', '.join(sorted(TOPICS))}",
         }
     try:
         order = read_order(delivery.topic, delivery.order, triggered_at=delivery.triggered_at)

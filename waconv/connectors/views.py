@@ -1,8 +1,10 @@
 """``/connectors/*``: conversions that close outside the chat (a shop, a CRM).
 
 Each view checks the signature over the raw bytes first (nothing is parsed or stored before),
-then parses, then runs one transaction. Errors leave in the admin API's shape. A connector
-whose secret is not set answers 503 and takes nothing: unsigned data is never accepted.
+then parses, then runs one transaction (a Shopify order that arrives while its process applies
+another is stored for the background processor instead: see waconv.connectors.backlog).
+Errors leave in the admin API's shape. A connector whose secret is not set answers 503 and
+takes nothing: unsigned data is never accepted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from waconv import schema
 from waconv.admin import service as admin
 from waconv.admin.views import parse_json
 from waconv.clock import utcnow
-from waconv.connectors import service
+from waconv.connectors import backlog, service
 from waconv.connectors.shopify import parse_time
 from waconv.connectors.signatures import (
     BadSignature,
@@ -28,6 +30,7 @@ from waconv.connectors.signatures import (
 )
 from waconv.errors import APIError
 from waconv.services import current_services
+from waconv.webhooks import processor
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +94,13 @@ def shopify() -> tuple[Response, int]:
         order=order,
         triggered_at=_triggered_at(request.headers.get("X-Shopify-Triggered-At")),
     )
-    with services.db.transaction() as session:
-        receipt = service.receive_shopify(session, delivery, settings.default_phone_region)
+    with backlog.turn(settings) as inline:
+        if inline:
+            with services.db.transaction() as session:
+                receipt = service.receive_shopify(session, delivery, settings.default_phone_region)
+        else:
+            receipt = backlog.store(services, raw, delivery)
+            processor.wake(services)
     return jsonify(receipt.to_dict()), 200
 
 

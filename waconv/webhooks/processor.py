@@ -1,4 +1,5 @@
-"""The background processor: applies stored deliveries a moment after their 200.
+"""The background processor: applies stored deliveries a moment after their 200 (Meta's
+webhooks, and Shopify orders stored during a burst: see waconv.connectors.backlog).
 
 It needs nothing but the app (``gunicorn wsgi:app`` or ``waconv serve``). Each app process
 (each gunicorn worker) runs a supervisor thread, started on the first request it serves, so
@@ -37,11 +38,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO
 
 from waconv.clock import utcnow
 from waconv.config import Settings
+from waconv.connectors import backlog
 from waconv.services import Services
 from waconv.webhooks.ingest import oldest_waiting, process_received
 
@@ -231,10 +233,15 @@ def drain(
     ``MAX_RESTING_LAG`` old already. ``between`` is called after each transaction.
     """
     total = 0
-    lag = _Lag(services)
+    lag = _Lag(lambda: oldest_waiting(services))
+    orders_lag = _Lag(lambda: backlog.oldest_waiting(services))
     while (stop is None or not stop.is_set()) and (alive is None or alive()):
         started = time.monotonic()
-        done = process_received(services, idle=busy is None or not busy())
+        idle = busy is None or not busy()
+        done = process_received(services, idle=idle)
+        # Shopify orders stored during a burst wait for its end (see backlog.apply_received).
+        if idle or not orders_lag.below(MAX_RESTING_LAG):
+            done += backlog.apply_received(services, busy=busy)
         total += done
         if done == 0:
             break
@@ -264,15 +271,15 @@ class _Lag:
 
     EVERY_SECONDS = 1.0
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, oldest: Callable[[], datetime | None]) -> None:
+        self.oldest = oldest
         self.looked_at: float | None = None
         self.value = timedelta(0)
 
     def below(self, limit: timedelta) -> bool:
         now = time.monotonic()
         if self.looked_at is None or now - self.looked_at >= self.EVERY_SECONDS:
-            oldest = oldest_waiting(self.services)
+            oldest = self.oldest()
             self.value = timedelta(0) if oldest is None else utcnow() - oldest
             self.looked_at = now
         return self.value < limit
