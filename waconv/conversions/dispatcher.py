@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, insert, or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from waconv.accounts import registry
@@ -499,7 +499,7 @@ class Dispatcher:
                 ).where(delivery_in(ids, self.db.dialect))
             ):
                 known.setdefault(cid, {})[name] = (status, at)
-            missing: list[dict[str, Any]] = []
+            missing: list[tuple[int, str]] = []
             again: list[int] = []
             for r in rows:
                 states = known.get(r.id, {})
@@ -515,16 +515,7 @@ class Dispatcher:
                 sent_now = False
                 for name in targets:
                     if name not in states:
-                        missing.append(
-                            {
-                                "conversion_id": r.id,
-                                "destination": name,
-                                "status": ConversionDelivery.PENDING,
-                                "attempts": 0,
-                                "next_attempt_at": now,
-                                "updated_at": now,
-                            }
-                        )
+                        missing.append((r.id, name))
                         states = {**states, name: (ConversionDelivery.PENDING, now)}
                     status, at = states[name]
                     if status == ConversionDelivery.PENDING and at <= now:
@@ -533,7 +524,7 @@ class Dispatcher:
                 if not sent_now:
                     idle.append(r.id)
             if missing:
-                session.execute(insert(ConversionDelivery), missing)
+                queue.insert_deliveries(session, missing, now)
             if again:
                 session.execute(
                     update(ConversionDelivery)

@@ -12,10 +12,24 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import BigInteger, Text, and_, any_, bindparam, case, cast, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
 
-from waconv.db import Database, from_driver_time, time_binder
+from waconv.db import Database, UTCDateTime, from_driver_time, time_binder
 from waconv.graph.client import MAX_REQUEST_BYTES
 from waconv.models import Account, Conversion, ConversionDelivery
 
@@ -211,6 +225,45 @@ def delivery_in(ids: Sequence[int], dialect: str) -> Any:
         # row against the whole array: 755 ms of PostgreSQL per 1,000 events at 20,000.
         return column.in_(select(func.unnest(cast(listed, ARRAY(BigInteger)))))
     return column.in_(select(func.json_each(listed).table_valued("value").c.value))
+
+
+# A batch's new delivery rows on PostgreSQL: one statement over two arrays (psycopg's
+# executemany sends a statement per row: 100 ms per 1,000). SQLite's executemany is cheap.
+_INSERT_DELIVERIES_PG = text(
+    "INSERT INTO conversion_deliveries"
+    " (conversion_id, destination, status, attempts, next_attempt_at, updated_at)"
+    " SELECT cid, destination, :status, 0, :now, :now"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:destinations AS text[])) AS d(cid, destination)"
+).bindparams(bindparam("now", type_=UTCDateTime))
+
+
+def insert_deliveries(session: Session, missing: list[tuple[int, str]], now: datetime) -> None:
+    """New pending delivery rows (conversion id, destination), due ``now``."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(
+            insert(ConversionDelivery),
+            [
+                {
+                    "conversion_id": cid,
+                    "destination": name,
+                    "status": ConversionDelivery.PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "updated_at": now,
+                }
+                for cid, name in missing
+            ],
+        )
+        return
+    session.execute(
+        _INSERT_DELIVERIES_PG,
+        {
+            "status": ConversionDelivery.PENDING,
+            "now": now,
+            "ids": "{" + ",".join(str(int(cid)) for cid, _ in missing) + "}",
+            "destinations": "{" + ",".join(name for _, name in missing) + "}",
+        },
+    )
 
 
 def rowcount(result: Any) -> int:
