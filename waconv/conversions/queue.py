@@ -21,7 +21,6 @@ from sqlalchemy import (
     case,
     cast,
     func,
-    insert,
     or_,
     select,
     text,
@@ -227,43 +226,35 @@ def delivery_in(ids: Sequence[int], dialect: str) -> Any:
     return column.in_(select(func.json_each(listed).table_valued("value").c.value))
 
 
-# A batch's new delivery rows on PostgreSQL: one statement over two arrays (psycopg's
-# executemany sends a statement per row: 100 ms per 1,000). SQLite's executemany is cheap.
-_INSERT_DELIVERIES_PG = text(
-    "INSERT INTO conversion_deliveries"
-    " (conversion_id, destination, status, attempts, next_attempt_at, updated_at)"
-    " SELECT cid, destination, :status, 0, :now, :now"
-    " FROM unnest(CAST(:ids AS bigint[]), CAST(:destinations AS text[])) AS d(cid, destination)"
-).bindparams(bindparam("now", type_=UTCDateTime))
+# A batch's new delivery rows in one statement, the rows given as text parameters (psycopg's
+# executemany sends a statement per row: 100 ms per 1,000 on PostgreSQL; on SQLite the ORM's
+# per-row parameter processing cost 20 ms per 1,000).
+_INSERT_DELIVERIES = {
+    "postgresql": text(
+        "INSERT INTO conversion_deliveries"
+        " (conversion_id, destination, status, attempts, next_attempt_at, updated_at)"
+        " SELECT cid, destination, :status, 0, :now, :now"
+        " FROM unnest(CAST(:ids AS bigint[]), CAST(:destinations AS text[])) AS d(cid, destination)"
+    ).bindparams(bindparam("now", type_=UTCDateTime)),
+    "sqlite": text(
+        "INSERT INTO conversion_deliveries"
+        " (conversion_id, destination, status, attempts, next_attempt_at, updated_at)"
+        " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), :status, 0, :now, :now"
+        " FROM json_each(:rows)"
+    ).bindparams(bindparam("now", type_=UTCDateTime)),
+}
 
 
 def insert_deliveries(session: Session, missing: list[tuple[int, str]], now: datetime) -> None:
     """New pending delivery rows (conversion id, destination), due ``now``."""
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(
-            insert(ConversionDelivery),
-            [
-                {
-                    "conversion_id": cid,
-                    "destination": name,
-                    "status": ConversionDelivery.PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "updated_at": now,
-                }
-                for cid, name in missing
-            ],
-        )
-        return
-    session.execute(
-        _INSERT_DELIVERIES_PG,
-        {
-            "status": ConversionDelivery.PENDING,
-            "now": now,
-            "ids": "{" + ",".join(str(int(cid)) for cid, _ in missing) + "}",
-            "destinations": "{" + ",".join(name for _, name in missing) + "}",
-        },
-    )
+    dialect = session.get_bind().dialect.name
+    parameters: dict[str, Any] = {"status": ConversionDelivery.PENDING, "now": now}
+    if dialect == "postgresql":
+        parameters["ids"] = id_list([cid for cid, _ in missing], dialect)
+        parameters["destinations"] = "{" + ",".join(name for _, name in missing) + "}"
+    else:
+        parameters["rows"] = orjson.dumps(missing).decode()
+    session.execute(_INSERT_DELIVERIES[dialect], parameters)
 
 
 def rowcount(result: Any) -> int:
