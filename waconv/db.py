@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, create_engine, event, select
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -303,6 +304,24 @@ class Database:
 def _insert_ignore_statement(table: Any, dialect: str) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     return insert(table).on_conflict_do_nothing().returning(table.c.id)
+
+
+def oldest_received(db: Database, model: Any, waiting: Any) -> datetime | None:
+    """When the first row (by id) of ``model`` matching ``waiting`` was received; None when no
+    row matches. A plain read on the driver's cursor: a session's transaction on SQLite would
+    take the write lock (BEGIN IMMEDIATE), outside the writers' queue."""
+    with db.autocommit_cursor(write=False) as cursor:
+        cursor.execute(_oldest_sql(model, waiting, db.dialect))
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else from_driver_time(row[0])
+
+
+@functools.cache
+def _oldest_sql(model: Any, waiting: Any, dialect: str) -> str:
+    # ``waiting`` is a module's constant condition: cached by identity, compiled once.
+    stmt = select(model.received_at).where(waiting).order_by(model.id).limit(1)
+    engine_dialect = (postgresql.dialect if dialect == "postgresql" else sqlite.dialect)()
+    return str(stmt.compile(dialect=engine_dialect, compile_kwargs={"literal_binds": True}))
 
 
 def insert_or_ignore(session: Session, model: Any, values: dict[str, Any]) -> int | None:

@@ -39,7 +39,7 @@ from waconv.clock import utcnow
 from waconv.config import ConfigError, Settings
 from waconv.connectors import service
 from waconv.connectors.service import SHOPIFY, Receipt, ShopifyDelivery
-from waconv.db import time_binder
+from waconv.db import oldest_received, time_binder
 from waconv.models import ConnectorReceipt
 from waconv.services import Services
 from waconv.webhooks.ingest import IDLE_BUDGET_SECONDS, parse_body
@@ -152,15 +152,11 @@ _STORE_SQL = (
 
 
 def oldest_waiting(services: Services) -> datetime | None:
-    """When the oldest stored delivery was received (None: none waits); a read, which takes
-    no turn among SQLite's writers."""
-    with services.db.sessions() as session:
-        return session.scalar(
-            select(ConnectorReceipt.received_at)
-            .where(ConnectorReceipt.outcome == ConnectorReceipt.RECEIVED)
-            .order_by(ConnectorReceipt.id)
-            .limit(1)
-        )
+    """When the oldest stored delivery was received (None: none waits)."""
+    return oldest_received(services.db, ConnectorReceipt, _WAITING)
+
+
+_WAITING = ConnectorReceipt.outcome == ConnectorReceipt.RECEIVED
 
 
 def apply_received(services: Services, *, busy: Callable[[], bool] | None = None) -> int:
@@ -177,10 +173,7 @@ def apply_received(services: Services, *, busy: Callable[[], bool] | None = None
     budget = IDLE_BUDGET_SECONDS[services.db.dialect]
     started = time.monotonic()
     query = (
-        select(ConnectorReceipt)
-        .where(ConnectorReceipt.outcome == ConnectorReceipt.RECEIVED)
-        .order_by(ConnectorReceipt.id)
-        .limit(APPLY_BATCH)
+        select(ConnectorReceipt).where(_WAITING).order_by(ConnectorReceipt.id).limit(APPLY_BATCH)
     )
     if services.db.dialect == "postgresql":
         query = query.with_for_update(skip_locked=True)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from waconv.clock import utcnow
 from waconv.conversations.store import ENSURED_ACCOUNTS
-from waconv.db import insert_or_ignore, time_binder
+from waconv.db import insert_or_ignore, oldest_received, time_binder
 from waconv.models import WebhookDelivery
 from waconv.services import Services
 from waconv.webhooks.batch import apply_batch
@@ -199,13 +199,10 @@ def process_received(
 
 def oldest_waiting(services: Services) -> datetime | None:
     """When the oldest delivery still waiting for processing was received (None: none)."""
-    with services.db.transaction() as session:
-        return session.scalar(
-            select(WebhookDelivery.received_at)
-            .where(WebhookDelivery.status == WebhookDelivery.RECEIVED)
-            .order_by(WebhookDelivery.id)
-            .limit(1)
-        )
+    return oldest_received(services.db, WebhookDelivery, _WAITING)
+
+
+_WAITING = WebhookDelivery.status == WebhookDelivery.RECEIVED
 
 
 def _process_batch(services: Services, budget: float, limit: int, *, isolate: bool) -> int:
