@@ -185,7 +185,10 @@ def process_received(
     the same work is done again with each delivery in its own savepoint, so a failing delivery
     is recorded as failed and the others are processed. On PostgreSQL, ``SKIP LOCKED`` lets
     the processors of several hosts share the work; on SQLite, transactions are serialized.
+    With nothing waiting, it only reads: no transaction, which on SQLite takes the write lock.
     """
+    if oldest_waiting(services) is None:
+        return 0
     budget = budget_seconds
     if budget is None:
         budget = (IDLE_BUDGET_SECONDS if idle else PROCESS_BUDGET_SECONDS)[services.db.dialect]
