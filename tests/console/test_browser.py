@@ -24,7 +24,7 @@ from tests.admin.conftest import Admin
 from tests.conftest import ADMIN_TOKEN, WABA_ID
 from tests.webhooks.helpers import live_server
 from waconv.conversions import requestlog
-from waconv.models import Conversion
+from waconv.models import ConnectorReceipt, Conversion
 from waconv.services import Services
 
 CHROMIUM = "/usr/bin/chromium"
@@ -157,6 +157,20 @@ def failed_purchase(admin: Admin, services: Services, post_webhook: Callable[...
                 ),
                 [r.get_json()["id"]],
             )
+        # A shop's order that matched no conversation, with the longest reason there is.
+        session.add(
+            ConnectorReceipt(
+                connector="shopify",
+                webhook_id="b54557e4-bdd9-4b37-8a5f-000000000001",
+                topic="orders/paid",
+                order_id="820982911946154508",
+                event_name="Purchase",
+                outcome=ConnectorReceipt.UNMATCHED,
+                reason="no conversation with an ad click has the order's phone number or an "
+                "email an earlier conversion named",
+                received_at=datetime(2026, 12, 1, 10, 5, tzinfo=UTC),
+            )
+        )
     conversion_id: int = r.get_json()["id"]
     return conversion_id
 
@@ -241,7 +255,7 @@ def test_log_in_read_the_report_retry_a_failure_and_log_out(
 
 
 # Lists whose rows read as cards on a phone (the per-ad table scrolls within itself instead).
-LIST_PAGES = ("conversions-phone", "webhooks-phone")
+LIST_PAGES = ("conversions-phone", "webhooks-phone", "orders-phone")
 
 
 def test_pages_fit_a_phone_and_show_local_times(
@@ -260,6 +274,7 @@ def test_pages_fit_a_phone_and_show_local_times(
         "conversation-phone": "/console/conversations?q=Sheena",
         "accounts-phone": "/console/accounts",
         "webhooks-phone": "/console/webhooks",
+        "orders-phone": "/console/orders",
     }
     for name, path in pages.items():
         driver.get(f"{server}{path}")
@@ -314,6 +329,7 @@ def test_every_page_reads_at_phone_and_desktop_width(
         "conversation": "/console/conversations/1",
         "accounts": "/console/accounts",
         "webhooks": "/console/webhooks",
+        "orders": "/console/orders",
     }
     label_boxes = {}
     for width in (PHONE_WIDTH, DESKTOP_WIDTH):

@@ -20,7 +20,14 @@ from tests.conftest import ADMIN_TOKEN, PHONE_NUMBER_ID, WABA_ID
 from waconv.accounts import registry
 from waconv.console import auth
 from waconv.conversions import requestlog
-from waconv.models import Account, Conversation, Conversion, UserAlias, WebhookDelivery
+from waconv.models import (
+    Account,
+    ConnectorReceipt,
+    Conversation,
+    Conversion,
+    UserAlias,
+    WebhookDelivery,
+)
 from waconv.services import Services
 
 PAGES = [
@@ -32,6 +39,7 @@ PAGES = [
     "/console/conversations/1",
     "/console/accounts",
     "/console/webhooks",
+    "/console/orders",
 ]
 ACTIONS = [
     "/console/conversions/1/retry",
@@ -405,6 +413,43 @@ def test_replay_a_failed_delivery(
     assert r.status_code == 302
     with services.db.transaction() as session:
         assert session.get(WebhookDelivery, delivery_id).status == WebhookDelivery.PROCESSED  # type: ignore[union-attr]
+
+
+def test_shop_orders_say_what_became_of_each(
+    browser: FlaskClient, services: Services, failed: int
+) -> None:
+    now = datetime.now(UTC)
+    receipt = {"connector": "shopify", "topic": "orders/paid", "received_at": now}
+    with services.db.transaction() as session:
+        session.add_all(
+            [
+                ConnectorReceipt(
+                    **receipt,
+                    webhook_id="w-1",
+                    order_id="820982911946154508",
+                    event_name="Purchase",
+                    outcome=ConnectorReceipt.MATCHED,
+                    matched_by="phone",
+                    conversion_id=failed,
+                ),
+                ConnectorReceipt(
+                    **receipt,
+                    webhook_id="w-2",
+                    order_id="820982911946154509",
+                    event_name="Purchase",
+                    outcome=ConnectorReceipt.UNMATCHED,
+                    reason="no conversation with an ad click has the order's phone number",
+                ),
+            ]
+        )
+    page = browser.get("/console/orders").get_data(as_text=True)
+    assert 'aria-current="page">Orders' in page
+    assert "820982911946154508" in page and "820982911946154509" in page
+    assert f'href="/console/conversions/{failed}"' in page
+    assert "no conversation with an ad click has the order&#39;s phone number" in page
+    unmatched = browser.get("/console/orders?outcome=unmatched").get_data(as_text=True)
+    assert "820982911946154509" in unmatched and "820982911946154508" not in unmatched
+    assert "No order." in browser.get("/console/orders?outcome=refused").get_data(as_text=True)
 
 
 def test_console_is_off_without_an_admin_token(make_app: Callable[..., Flask]) -> None:

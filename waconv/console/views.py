@@ -34,7 +34,14 @@ from waconv.console import auth
 from waconv.console.chart import daily_chart
 from waconv.conversations import search
 from waconv.errors import APIError
-from waconv.models import Click, Conversation, Conversion, Message, WebhookDelivery
+from waconv.models import (
+    Click,
+    ConnectorReceipt,
+    Conversation,
+    Conversion,
+    Message,
+    WebhookDelivery,
+)
 from waconv.outage import unavailable
 from waconv.services import current_services
 
@@ -58,6 +65,7 @@ SECTIONS = {
     "console.conversation": "conversations",
     "console.accounts_page": "accounts",
     "console.webhooks": "webhooks",
+    "console.orders": "orders",
 }
 
 
@@ -379,6 +387,37 @@ def resume(waba_id: str) -> Redirect:
     except accounts.AccountError as err:
         flash(str(err), "error")
     return _redirect("console.accounts_page")
+
+
+# --- shop orders ----------------------------------------------------------------------------------
+
+
+@bp.get("/orders")
+def orders() -> Any:
+    """What became of each Shopify order webhook, newest first, with the reason for the ones
+    that made no conversion; never a word of customer information."""
+    outcome = request.args.get("outcome", "")
+    stmt = select(
+        ConnectorReceipt.id,
+        ConnectorReceipt.received_at,
+        ConnectorReceipt.connector,
+        ConnectorReceipt.topic,
+        ConnectorReceipt.order_id,
+        ConnectorReceipt.event_name,
+        ConnectorReceipt.outcome,
+        ConnectorReceipt.matched_by,
+        ConnectorReceipt.conversion_id,
+        ConnectorReceipt.reason,
+    )
+    if outcome in ConnectorReceipt.OUTCOMES:
+        stmt = stmt.where(ConnectorReceipt.outcome == outcome)
+    else:
+        outcome = ""
+    with current_services().db.transaction() as session:
+        rows = session.execute(stmt.order_by(ConnectorReceipt.id.desc()).limit(PAGE_SIZE)).all()
+    return render_template(
+        "console/orders.html", rows=rows, outcome=outcome, outcomes=ConnectorReceipt.OUTCOMES
+    )
 
 
 # --- webhook deliveries -------------------------------------------------------------------------
