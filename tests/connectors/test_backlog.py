@@ -205,13 +205,24 @@ def test_the_processor_applies_orders_once_the_burst_is_over(background: Flask, 
 def test_orders_waiting_past_the_resting_lag_are_applied_during_a_burst(
     background: Flask, busy: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A burst that never ends must not leave its orders waiting for ever: past the lag, the
+    processor applies them without stopping at each request and without resting."""
     services = _services(background)
     shopify = _clicked(background)
     with freeze_time(utcnow() - processor.MAX_RESTING_LAG - timedelta(seconds=1)):
-        assert shopify.post(shopify_order()).json["status"] == "received"
-    monkeypatch.setattr(processor.time, "sleep", lambda seconds: None)
-    assert processor.drain(services, busy=lambda: True) == 1
-    assert _receipts(background)[0].outcome == ConnectorReceipt.MATCHED
+        for order_id in (1, 2, 3):
+            assert shopify.post(shopify_order(order_id=order_id)).json["status"] == "received"
+    rests: list[float] = []
+    monkeypatch.setattr(processor.time, "sleep", rests.append)
+    stops: list[object] = []
+    real = backlog.apply_received
+    monkeypatch.setattr(
+        backlog, "apply_received", lambda s, busy: stops.append(busy) or real(s, busy=busy)
+    )
+    assert processor.drain(services, busy=lambda: True) == 3
+    assert stops and all(stop is None for stop in stops)  # no stop at each request
+    assert rests == []
+    assert [r.outcome for r in _receipts(background)] == [ConnectorReceipt.MATCHED] * 3
 
 
 def test_no_plain_customer_data_in_the_database_file_while_an_order_waits(

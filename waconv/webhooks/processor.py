@@ -239,15 +239,18 @@ def drain(
         started = time.monotonic()
         idle = busy is None or not busy()
         done = process_received(services, idle=idle)
-        # Shopify orders stored during a burst wait for its end (see backlog.apply_received).
-        if idle or not orders_lag.below(MAX_RESTING_LAG):
-            done += backlog.apply_received(services, busy=busy)
+        # Shopify orders stored during a burst wait for its end (see backlog.apply_received),
+        # unless the burst lasts so long that the oldest has waited MAX_RESTING_LAG.
+        orders_behind = not orders_lag.below(MAX_RESTING_LAG)
+        if idle or orders_behind:
+            done += backlog.apply_received(services, busy=None if orders_behind else busy)
         total += done
         if done == 0:
             break
         if between is not None:
             between()
-        if busy is not None and busy() and lag.below(MAX_RESTING_LAG):
+        resting = lag.below(MAX_RESTING_LAG) and not orders_behind
+        if busy is not None and busy() and resting:
             time.sleep(rest_factor * (time.monotonic() - started))
     return total
 
