@@ -294,6 +294,33 @@ def test_the_processors_rest_longer_the_more_of_them_there_are(make_app, monkeyp
     assert factors == [3 * processor.BUSY_REST_FACTOR]
 
 
+def test_what_a_burst_left_is_taken_as_soon_as_it_ends(make_app, monkeypatch):
+    """Stored Shopify orders wait for the burst's end: the processor looks again the moment
+    the burst is over (the lock file untouched for BUSY_WINDOW_SECONDS), not at its idle poll."""
+    services = make_app(webhook_processing="background").extensions["waconv"]
+    touched = 1_000_000.0
+    # Seconds since the last request, at each turn of the loop: a burst, then quiet.
+    since = iter([0.05, 0.1, processor.BUSY_WINDOW_SECONDS + 0.05, 0.5, 0.6])
+    now = {"time": touched}
+
+    def alive():
+        try:
+            now["time"] = touched + next(since)
+        except StopIteration:
+            return False
+        return True
+
+    monkeypatch.setattr(processor, "_mtime", lambda path: touched)
+    monkeypatch.setattr(processor.time, "time", lambda: now["time"])
+    monkeypatch.setattr(processor.time, "monotonic", lambda: 0.0)  # no idle poll comes due
+    drains = []
+    monkeypatch.setattr(
+        processor, "drain", lambda services, **kw: drains.append(now["time"] - touched) or 0
+    )
+    processor.run(services, stop=threading.Event(), alive=alive)
+    assert drains == pytest.approx([0.05, processor.BUSY_WINDOW_SECONDS + 0.05])
+
+
 class _Deadlock(Exception):
     sqlstate = "40P01"  # what psycopg's DeadlockDetected carries
 

@@ -194,11 +194,16 @@ def run(services: Services, *, stop: threading.Event, alive: Callable[[], bool])
         return time.time() - _mtime(path) < BUSY_WINDOW_SECONDS
 
     checkpoints = _Checkpoints(services)
+    # The last pass ran while requests arrived: what it left for the burst's end (stored
+    # Shopify orders) is taken as soon as the burst ends, not at the next idle poll.
+    left_for_quiet = False
     while not stop.is_set() and alive():
         checkpoints.due()
         touched = _mtime(path)
-        if touched != seen or time.monotonic() - last_poll >= IDLE_POLL_SECONDS:
+        quiet_again = left_for_quiet and not busy()
+        if touched != seen or quiet_again or time.monotonic() - last_poll >= IDLE_POLL_SECONDS:
             seen, last_poll = touched, time.monotonic()
+            left_for_quiet = busy()
             try:
                 drain(
                     services,
