@@ -269,3 +269,17 @@ def test_a_stored_order_shows_within_seconds_with_nothing_but_the_app(
             break
         time.sleep(0.05)  # waiting for another process, not a time rule
     assert [item["event_name"] for item in items] == ["Purchase"]
+
+
+def test_a_database_not_migrated_is_a_503_for_a_stored_order_too(
+    make_app: Callable[..., Flask], tmp_path: Path, no_processor: None
+) -> None:
+    app = make_app(
+        database_url=f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        shopify_secret=SHOPIFY_SECRET,
+        webhook_processing="background",
+    )
+    with backlog.turn(_services(app).settings):
+        r = Shopify(app.test_client()).post(shopify_order())
+    assert r.status_code == 503
+    assert "waconv db upgrade" in r.json["error"]["message"]

@@ -29,6 +29,7 @@ from waconv.connectors.signatures import (
     verify_standard,
 )
 from waconv.errors import APIError
+from waconv.outage import database_errors, unavailable
 from waconv.services import current_services
 from waconv.webhooks import processor
 
@@ -99,7 +100,10 @@ def shopify() -> tuple[Response, int]:
             with services.db.transaction() as session:
                 receipt = service.receive_shopify(session, delivery, settings.default_phone_region)
         else:
-            receipt = backlog.store(services, raw, delivery)
+            try:
+                receipt = backlog.store(services, raw, delivery)
+            except database_errors(services.db) as exc:  # the driver's own, not SQLAlchemy's
+                raise unavailable(services.db, exc) from None
             processor.wake(services)
     return jsonify(receipt.to_dict()), 200
 
