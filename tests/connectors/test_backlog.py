@@ -283,3 +283,16 @@ def test_a_database_not_migrated_is_a_503_for_a_stored_order_too(
         r = Shopify(app.test_client()).post(shopify_order())
     assert r.status_code == 503
     assert "waconv db upgrade" in r.json["error"]["message"]
+
+
+def test_without_a_lock_file_orders_are_applied_in_their_requests(
+    background: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unwritable(database_url: str) -> None:
+        raise PermissionError("read-only temporary directory")
+
+    shopify = _clicked(background)
+    monkeypatch.setattr(backlog, "_host_file", unwritable)
+    for order_id in (1, 2):
+        assert shopify.post(shopify_order(order_id=order_id)).json["status"] == "matched"
+    assert backlog._in_flight == 0
