@@ -79,7 +79,7 @@ def turn(settings: Settings) -> Iterator[bool]:
         return
     try:
         host = _host_file(settings.database_url)
-    except OSError:  # no lock file (a temporary directory it cannot write): as before 0.4
+    except OSError:  # no lock file (a temporary directory it cannot write): all inline
         log.warning("connector.shopify.no_lock_file; orders are applied in their requests")
         yield True
         return
