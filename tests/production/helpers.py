@@ -207,9 +207,12 @@ class TracingFakeGraph(FakeGraph):
         self.open_requests: dict[int, tuple[int, float]] = {}  # thread id -> (port, start)
         # Event ids of every events request accepted after ``late_timeout``, a list a request.
         self.late_batches: list[list[str]] = []
-        self.hang_armed = threading.Event()
         self._hang: tuple[int, float] | None = None  # (after this many accepted, delay)
         self._request = threading.local()
+        # The client port of the request that hangs, once it does.
+        self.hanging_port: int | None = None
+        self.hanging = threading.Event()
+        self._hang_delay: float | None = None
 
     def hang_after(self, accepted: int, delay: float) -> None:
         """Once ``accepted`` events were accepted, the next events request hangs for ``delay``
@@ -228,13 +231,18 @@ class TracingFakeGraph(FakeGraph):
                 self._hang = None
         if hang is not None:
             # Queued at the start of this request: this one (or one racing it) will hang.
+            self._hang_delay = hang[1]
             self.fail_next(1, "timeout", delay=hang[1], accept=True)
-            self.hang_armed.set()
         try:
             super()._serve(handler, method)
         finally:
             with self.lock:
                 self.open_requests.pop(key, None)
+
+    def _faulted(self, handler: Any, fault: Any) -> None:
+        if fault.kind == "timeout" and fault.accept and fault.delay == self._hang_delay:
+            self.hanging_port = int(handler.client_address[1])
+            self.hanging.set()
 
     def _route(
         self,

@@ -214,7 +214,6 @@ DISPATCHERS = 3
 KILL_AFTER_ACCEPTED = 800  # the first events request after this many accepted hangs
 HANG_SECONDS = 4.0  # the hanging request is answered (accepted) this late: after the kill
 PLAIN_TIMEOUT_SECONDS = 2.0  # a "timeout" fault that outlasts the client, Meta accepting it
-SPOT_SECONDS = 0.2  # a request open this long is the hanging one (the others take ms)
 # The killed dispatcher's events wait out its 60-second lease; the rest takes seconds.
 ALL_SENT_SECONDS = 120.0
 
@@ -234,17 +233,21 @@ def _queue_faults(fake: TracingFakeGraph) -> int:
 
 def _kill_the_one_in_flight(fake: TracingFakeGraph, children: list[Child]) -> Child:
     """SIGKILL the dispatcher whose request is hanging, before its client times out."""
-    poll(fake.hang_armed.is_set, ALL_SENT_SECONDS, "no events request after the threshold")
+    poll(fake.hanging.is_set, ALL_SENT_SECONDS, "no events request after the threshold")
+    # Its port is known the moment it starts hanging: the client's socket is looked for from
+    # then, not once it had been open 0.2 s (on a loaded machine the client, which gives up after
+    # GRAPH_TIMEOUT_SECONDS, had sometimes closed it before it was seen).
+    port = fake.hanging_port
+    assert port is not None
     deadline = time.monotonic() + HANG_SECONDS
     while time.monotonic() < deadline:
         alive = {child.pid: child for child in children if child.alive()}
-        for port in fake.open_longer_than(SPOT_SECONDS):
-            pid = owner_of_connection(port, fake.port, list(alive))
-            if pid is not None:
-                victim = alive[pid]
-                victim.signal(signal.SIGKILL)
-                victim.process.wait(STOP_SECONDS)
-                return victim
+        pid = owner_of_connection(port, fake.port, list(alive))
+        if pid is not None:
+            victim = alive[pid]
+            victim.signal(signal.SIGKILL)
+            victim.process.wait(STOP_SECONDS)
+            return victim
         time.sleep(0.01)
     pytest.fail("no dispatcher was seen holding the hanging request")
 

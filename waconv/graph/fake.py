@@ -434,6 +434,9 @@ class FakeGraph(LoopbackFake):
 
     # -- serving -----------------------------------------------------------------------------
 
+    def _faulted(self, handler: Any, fault: Fault) -> None:
+        """``fault`` is about to be played on this request (a hook for tests that watch)."""
+
     def _serve(self, handler: _Handler, method: str) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length > 0 else b""
@@ -461,6 +464,8 @@ class FakeGraph(LoopbackFake):
         with self.lock:
             self.requests.append(record)
             fault = self._faults.popleft() if is_events and self._faults else None
+        if fault is not None:
+            self._faulted(handler, fault)
 
         if fault is not None and fault.kind == "reset":
             handler.close_connection = True  # socketserver closes it; the client reads nothing
