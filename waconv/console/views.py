@@ -396,28 +396,38 @@ def resume(waba_id: str) -> Redirect:
 def orders() -> Any:
     """What became of each Shopify order webhook, newest first, with the reason for the ones
     that made no conversion; never a word of customer information."""
-    outcome = request.args.get("outcome", "")
-    stmt = select(
+    rows, outcome = _latest_rows(
+        ConnectorReceipt.outcome,
+        ConnectorReceipt.OUTCOMES,
+        request.args.get("outcome", ""),
         ConnectorReceipt.id,
         ConnectorReceipt.received_at,
         ConnectorReceipt.connector,
         ConnectorReceipt.topic,
         ConnectorReceipt.order_id,
         ConnectorReceipt.event_name,
-        ConnectorReceipt.outcome,
         ConnectorReceipt.matched_by,
         ConnectorReceipt.conversion_id,
         ConnectorReceipt.reason,
     )
-    if outcome in ConnectorReceipt.OUTCOMES:
-        stmt = stmt.where(ConnectorReceipt.outcome == outcome)
-    else:
-        outcome = ""
-    with current_services().db.transaction() as session:
-        rows = session.execute(stmt.order_by(ConnectorReceipt.id.desc()).limit(PAGE_SIZE)).all()
     return render_template(
         "console/orders.html", rows=rows, outcome=outcome, outcomes=ConnectorReceipt.OUTCOMES
     )
+
+
+def _latest_rows(state: Any, states: tuple[str, ...], wanted: str, *columns: Any) -> Any:
+    """A list page: the latest PAGE_SIZE rows (``columns`` and ``state``), newest first, only
+    those in the ``wanted`` state when it is one of ``states``; and the filter applied ("" for
+    none)."""
+    table = state.class_
+    stmt = select(*columns, state)
+    if wanted in states:
+        stmt = stmt.where(state == wanted)
+    else:
+        wanted = ""
+    with current_services().db.transaction() as session:
+        rows = session.execute(stmt.order_by(table.id.desc()).limit(PAGE_SIZE)).all()
+    return rows, wanted
 
 
 # --- webhook deliveries -------------------------------------------------------------------------
@@ -425,22 +435,17 @@ def orders() -> Any:
 
 @bp.get("/webhooks")
 def webhooks() -> Any:
-    status = request.args.get("status", "")
-    stmt = select(
+    rows, status = _latest_rows(
+        WebhookDelivery.status,
+        (WebhookDelivery.RECEIVED, WebhookDelivery.PROCESSED, WebhookDelivery.FAILED),
+        request.args.get("status", ""),
         WebhookDelivery.id,
         WebhookDelivery.received_at,
-        WebhookDelivery.status,
         WebhookDelivery.items,
         WebhookDelivery.attempts,
         WebhookDelivery.error,
         WebhookDelivery.pruned_at,
     )
-    if status in (WebhookDelivery.RECEIVED, WebhookDelivery.PROCESSED, WebhookDelivery.FAILED):
-        stmt = stmt.where(WebhookDelivery.status == status)
-    else:
-        status = ""
-    with current_services().db.transaction() as session:
-        rows = session.execute(stmt.order_by(WebhookDelivery.id.desc()).limit(PAGE_SIZE)).all()
     return render_template("console/webhooks.html", rows=rows, status=status)
 
 
