@@ -76,7 +76,7 @@ class OutboxCollector(Collector):
             )
 
     def _collect(self) -> Iterator[Metric]:
-        from waconv.models import Account, Conversion, WebhookDelivery
+        from waconv.models import Account, ConnectorReceipt, Conversion, WebhookDelivery
 
         with self.services.db.transaction() as s:
             by_status = dict(
@@ -94,6 +94,9 @@ class OutboxCollector(Collector):
                     .where(WebhookDelivery.status != WebhookDelivery.PROCESSED)
                     .group_by(WebhookDelivery.status)
                 ).all()
+            )
+            orders_waiting = s.scalar(
+                select(func.count()).where(ConnectorReceipt.outcome == ConnectorReceipt.RECEIVED)
             )
         yield GaugeMetricFamily(
             "waconv_database_up", "Whether the database answered this scrape", value=1
@@ -127,6 +130,12 @@ class OutboxCollector(Collector):
             "waconv_webhook_deliveries_waiting",
             "Stored deliveries the background processor has not applied yet",
             value=deliveries.get(WebhookDelivery.RECEIVED, 0),
+        )
+        yield GaugeMetricFamily(
+            "waconv_connector_orders_waiting",
+            "Shopify orders stored during a burst that the background processor has not "
+            "applied yet",
+            value=orders_waiting or 0,
         )
 
 

@@ -123,6 +123,22 @@ def test_an_order_during_a_burst_is_stored_encrypted_and_applied_by_the_processo
     assert backlog.apply_received(_services(background)) == 0
 
 
+def test_metrics_count_the_orders_waiting(background: Flask, busy: None) -> None:
+    shopify = _clicked(background)
+    client = background.test_client()
+
+    def waiting() -> str:
+        text = client.get("/metrics").get_data(as_text=True)
+        return next(line for line in text.splitlines() if line.startswith("waconv_connector_o"))
+
+    assert waiting() == "waconv_connector_orders_waiting 0.0"
+    for order_id in (1, 2):
+        assert shopify.post(shopify_order(order_id=order_id)).json["status"] == "received"
+    assert waiting() == "waconv_connector_orders_waiting 2.0"
+    backlog.apply_received(_services(background))
+    assert waiting() == "waconv_connector_orders_waiting 0.0"
+
+
 def test_after_an_order_was_stored_the_next_ones_are_for_a_moment(background: Flask) -> None:
     shopify = _clicked(background)
     with backlog.turn(_services(background).settings):
