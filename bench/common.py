@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
@@ -113,6 +113,25 @@ def migrate(url: str) -> None:
 
 def plain_engine(url: str) -> Engine:
     return create_engine(url)
+
+
+def wait_until(
+    url: str, done: Callable[[Connection], bool], cap_s: float, every_s: float
+) -> float | None:
+    """Seconds until ``done(connection)`` holds, looking every ``every_s``; None after
+    ``cap_s`` (what is still waiting then is the caller's to report)."""
+    engine = plain_engine(url)
+    started = time.monotonic()
+    try:
+        while True:
+            with engine.connect() as conn:
+                if done(conn):
+                    return time.monotonic() - started
+            if time.monotonic() - started > cap_s:
+                return None
+            time.sleep(every_s)
+    finally:
+        engine.dispose()
 
 
 # -- server processes -------------------------------------------------------------------------

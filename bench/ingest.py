@@ -33,6 +33,7 @@ from typing import Any
 
 import requests
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection
 
 from bench import common
 from bench.payloads import Signed, signed_deliveries, write_slices
@@ -306,26 +307,17 @@ def _wait_processed(url: str, acknowledged: int, run: IngestRun, cap: float) -> 
     ("received"); record how long that took after wrk's last answer."""
     from waconv.models import Message, WebhookDelivery
 
-    engine = common.plain_engine(url)
-    started = time.monotonic()
-    try:
-        while True:
-            with engine.connect() as conn:
-                waiting = conn.execute(
-                    select(func.count()).where(WebhookDelivery.status == "received")
-                ).scalar_one()
-                messages = conn.execute(select(func.count()).select_from(Message)).scalar_one()
-            if waiting == 0 and messages >= acknowledged:
-                run.processed_after_s = time.monotonic() - started
-                return
-            if time.monotonic() - started > cap:
-                run.note = (
-                    f"{waiting:,} deliveries still unprocessed {cap:.0f} s after the last 200"
-                )
-                return
-            time.sleep(0.2)
-    finally:
-        engine.dispose()
+    waiting = select(func.count()).where(WebhookDelivery.status == "received")
+    messages = select(func.count()).select_from(Message)
+    left = [0]  # still waiting at the last look
+
+    def processed(conn: Connection) -> bool:
+        left[0] = conn.execute(waiting).scalar_one()
+        return left[0] == 0 and conn.execute(messages).scalar_one() >= acknowledged
+
+    run.processed_after_s = common.wait_until(url, processed, cap, 0.2)
+    if run.processed_after_s is None:
+        run.note = f"{left[0]:,} deliveries still unprocessed {cap:.0f} s after the last 200"
 
 
 def _start_profiler(

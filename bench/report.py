@@ -411,6 +411,10 @@ def _fleet_section(fleet: dict[str, Any]) -> list[str]:
     ]
 
 
+def _applied_after(seconds: float | None) -> str:
+    return "**not within 120 s**" if seconds is None else f"{seconds:.1f} s"
+
+
 def _connectors_section(connectors: dict[str, Any]) -> list[str]:
     target = connectors["target_p99_ms"]
     lines = [
@@ -435,7 +439,7 @@ def _connectors_section(connectors: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['backend']} | {r['posts']:,} | {r['rps']:,.0f} | {ms['50']:.1f} "
             f"| {ms['90']:.1f} | {ms['99']:.1f} | {ms['max']:.1f} | {r['errors']} "
-            f"| {r.get('deferred', 0):,} | {r.get('applied_after_s', 0):.1f} s "
+            f"| {r.get('deferred', 0):,} | {_applied_after(r.get('applied_after_s'))} "
             f"| {'yes' if r['verified'] else '**no**'} ({r['stored']['conversions']} conversions) |"
             + ("" if met else " (target missed)")
         )
