@@ -135,7 +135,7 @@ def test_metrics_count_the_orders_waiting(background: Flask, busy: None) -> None
     for order_id in (1, 2):
         assert shopify.post(shopify_order(order_id=order_id)).json["status"] == "received"
     assert waiting() == "waconv_connector_orders_waiting 2.0"
-    backlog.apply_received(_services(background))
+    assert processor.drain(_services(background)) == 2  # transactions as its budget allows
     assert waiting() == "waconv_connector_orders_waiting 0.0"
 
 
@@ -206,7 +206,7 @@ def test_an_order_that_fails_to_apply_does_not_hold_back_the_others(
 
     monkeypatch.setattr(service, "apply_shopify", failing)
     caplog.set_level(logging.INFO)
-    assert backlog.apply_received(_services(background)) == 3
+    assert processor.drain(_services(background)) == 3
     outcomes = [(r.outcome, r.reason) for r in _receipts(background)]
     assert outcomes[0][0] == outcomes[2][0] == ConnectorReceipt.MATCHED
     assert outcomes[1] == (
