@@ -324,6 +324,10 @@ class Conversion(Base):
     last_error_message: Mapped[str | None] = mapped_column(Text)
     last_error_fbtrace_id: Mapped[str | None] = mapped_column(String(128))
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The request log's row of the Graph request that delivered it, written by the UPDATE
+    # that marks it sent (requests refused or failed are linked by DispatchRequestConversion).
+    # No foreign key: prune deletes old requests and leaves this id pointing at nothing.
+    sent_request_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # Per destination, for accounts that send to more than Graph (read-only: the dispatcher
@@ -451,7 +455,8 @@ class DispatchRequest(Base):
 
 
 class DispatchRequestConversion(Base):
-    """Which conversions a request carried (up to 1,000 rows per request).
+    """Which conversions a request carried (up to 1,000 rows per request), for every request
+    but a Graph request Meta accepted: that one is on its conversions (``sent_request_id``).
 
     No foreign keys: PostgreSQL checks them row by row, which tripled the cost of a request's
     links (bench/requestlog.py). Only record_request writes here, with the request it just

@@ -124,6 +124,64 @@ def test_the_dispatchers_request_shows_in_the_admin_answers(
         assert r.json["sent_event"] == meta_event  # exactly what Meta received
 
 
+def links(services: Services) -> list[tuple[int, int]]:
+    """(conversion id, request id) of every link row."""
+    link = DispatchRequestConversion
+    with services.db.transaction() as session:
+        found = session.execute(select(link.conversion_id, link.request_id)).all()
+    return sorted((conversion_id, request_id) for conversion_id, request_id in found)
+
+
+def test_the_request_meta_took_is_written_with_its_outcome(
+    admin: Admin, services: Services, fake_graph: FakeGraph, clicked: str
+) -> None:
+    """A refused request is linked to its events by link rows; the one Meta took is written
+    with the events' sent outcome, and each keeps its id instead of a link row (the hot path's
+    one write per batch). The conversion shows both, newest first."""
+    ids = mark(admin, clicked, 2)
+    fake_graph.fail_next(1, "http500")
+    Dispatcher(services).run_once()
+    for conversion_id in ids:
+        set_conversion(services, conversion_id, next_attempt_at=utcnow())
+    Dispatcher(services).run_once()
+
+    refused, accepted = [r.id for r in rows(services, DispatchRequest)]
+    assert links(services) == [(conversion_id, refused) for conversion_id in sorted(ids)]
+    for conversion in rows(services, Conversion):
+        assert (conversion.status, conversion.sent_request_id) == (Conversion.SENT, accepted)
+    answer = admin.get(f"/admin/conversions/{ids[0]}").json
+    assert [(r["id"], r["http_status"]) for r in answer["requests"]] == [
+        (accepted, 200),
+        (refused, 500),
+    ]
+    assert answer["requests"][0]["events_received"] == 2
+
+
+def test_events_meta_took_are_marked_sent_when_the_request_log_cannot_be_written(
+    admin: Admin,
+    services: Services,
+    fake_graph: FakeGraph,
+    clicked: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The log is kept with the outcome, but never at its cost: events left pending would go
+    to Meta again."""
+    ids = mark(admin, clicked, 2)
+    with services.db.autocommit_cursor() as cursor:
+        cursor.execute("ALTER TABLE dispatch_requests RENAME TO dispatch_requests_away")
+    try:
+        stats = Dispatcher(services).run_once()
+    finally:
+        with services.db.autocommit_cursor() as cursor:
+            cursor.execute("ALTER TABLE dispatch_requests_away RENAME TO dispatch_requests")
+    assert stats.sent == 2
+    assert len(fake_graph.events_requests()) == 1
+    for conversion in rows(services, Conversion):
+        assert (conversion.status, conversion.sent_request_id) == (Conversion.SENT, None)
+    assert "dispatcher.request_log_failed" in caplog.text
+    assert admin.get(f"/admin/conversions/{ids[0]}").json["requests"] == []
+
+
 def test_a_conversions_requests_come_newest_first_with_metas_words(
     admin: Admin, services: Services, clicked: str
 ) -> None:

@@ -144,12 +144,12 @@ def test_a_failed_record_does_not_lose_the_batch_on_the_wire(
     real = dispatcher._record_sent
     calls = 0
 
-    def record_sent(rows: list[Row], creds: Any) -> int:
+    def record_sent(rows: list[Row], creds: Any, record: Any) -> int:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("database went away")
-        return real(rows, creds)
+        return real(rows, creds, record)
 
     monkeypatch.setattr(dispatcher, "_record_sent", record_sent)
 

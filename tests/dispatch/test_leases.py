@@ -27,6 +27,7 @@ from waconv.accounts import registry
 from waconv.clock import utcnow
 from waconv.conversions.destinations import GRAPH, Refusal
 from waconv.conversions.dispatcher import LEASE, Claimed, Dispatcher, DispatchStats
+from waconv.conversions.requestlog import RequestRecord
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition
 from waconv.graph.fake import FakeGraph
@@ -89,7 +90,10 @@ def test_claimed_events_of_a_dead_dispatcher_go_again_after_the_lease(
     counted = sent_counter()
     creds = credentials(ready)
     err = Refusal(GRAPH, Disposition.RETRY, "late")
-    assert dead._record_sent(claimed.rows, creds) == 0
+    late_request = RequestRecord(
+        at=utcnow(), waba_id=WABA_ID, destination=GRAPH, events=5, bytes=1, duration_ms=1
+    )
+    assert dead._record_sent(claimed.rows, creds, late_request) == 0
     assert dead._record_failed(claimed, claimed.rows, err) == 0
     assert dead._record_retry(claimed, claimed.rows, err) == (0, 0)
     late = DispatchStats()

@@ -630,7 +630,7 @@ class Dispatcher:
         lease = claimed.lease
         after = claimed.last
         queued: tuple[Claimed, list[Row]] | None = (claimed, rows)  # claimed, built, unsent
-        flying: tuple[Claimed, list[Row], Future[Throttle | None]] | None = None
+        flying: tuple[Claimed, list[Row], Future[Receipt]] | None = None
         recording: Future[int] | None = None  # the last batch Meta took, being marked sent
         more = True  # the last claim was full: more may be due
         with (
@@ -644,7 +644,7 @@ class Dispatcher:
                         sent_claim, sent_rows, future = flying
                         flying = None
                         try:
-                            throttled = future.result()
+                            receipt = future.result()
                         except Refusal as err:
                             if not self._rejected(creds, sent_claim, sent_rows, err, stats):
                                 if queued is not None and not lease.throttled:
@@ -654,8 +654,8 @@ class Dispatcher:
                                 return
                         else:
                             answered = sent_rows
-                            if throttled is not None:  # the rest of the turn waits
-                                self._throttle(lease, throttled)
+                            if receipt.throttle is not None:  # the rest of the turn waits
+                                self._throttle(lease, receipt.throttle)
                                 queued, more = None, False
                     if queued is not None and self._stopping():
                         # Stopping: the batch in flight was the last. This one was only
@@ -674,7 +674,7 @@ class Dispatcher:
                         # that one failed, this one is still made (in ``finally``).
                         previous = recording
                         recording = recorder.submit(
-                            self._record_accepted, sent_claim, answered, creds
+                            self._record_accepted, sent_claim, answered, creds, receipt
                         )
                         if previous is not None:
                             stats.sent += previous.result()
@@ -707,18 +707,18 @@ class Dispatcher:
         creds: Credentials,
         claimed: Claimed,
         rows: list[Row],
-        future: Future[Throttle | None],
+        future: Future[Receipt],
         stats: DispatchStats,
     ) -> None:
         """Record what the request in flight did, when the pipeline failed meanwhile: events
         Meta took must not stay pending (they would go out again)."""
         try:
-            future.result()
+            receipt = future.result()
         except Exception:  # not taken: they are still pending and go again
             log.exception("conversion.deliver.abandoned count=%s", len(rows))
             return
         try:
-            self._accepted(creds, claimed, rows, stats)
+            self._accepted(creds, claimed, rows, stats, receipt)
         except Exception:
             log.exception("conversion.record_failed count=%s; sent but still pending", len(rows))
 
@@ -795,12 +795,12 @@ class Dispatcher:
             return True
         stats.requests += 1
         try:
-            throttled = self._post(creds, claimed, rows)
+            receipt = self._post(creds, claimed, rows)
         except Refusal as err:
             return self._rejected(creds, claimed, rows, err, stats, probing=probing)
-        self._accepted(creds, claimed, rows, stats, probing=probing)
-        if throttled is not None:
-            self._throttle(claimed.lease, throttled)
+        self._accepted(creds, claimed, rows, stats, receipt, probing=probing)
+        if receipt.throttle is not None:
+            self._throttle(claimed.lease, receipt.throttle)
             return False
         return True
 
@@ -815,30 +815,30 @@ class Dispatcher:
             rows = [r for r in rows if r.event_time >= limit]
         return rows
 
-    def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> Throttle | None:
-        """The request alone: no database, no shared state. Raises Refusal unless the
-        destination took every event; the rate limit its answer reports as reached, if any."""
+    def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> Receipt:
+        """The request: raises Refusal unless the destination took every event (a refused
+        request is put in the request log here; an accepted one with its outcome)."""
         assert claimed.destination is not None
         try:
-            receipt = claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
+            return claimed.destination.send(creds, [claimed.events[r.id] for r in rows])
         except Refusal as err:
             if err.receipt is not None:  # a request was made (not one refused before sending)
-                self._log_request(creds, claimed, rows, err.receipt, err)
+                self._log_request(
+                    self._request_record(creds, claimed, rows, err.receipt, err), rows
+                )
             raise
-        self._log_request(creds, claimed, rows, receipt, None)
-        return receipt.throttle
 
-    def _log_request(
+    def _request_record(
         self,
         creds: Credentials,
         claimed: Claimed,
         rows: Sequence[Row],
         receipt: Receipt,
         err: Refusal | None,
-    ) -> None:
-        """Record the request in the request log (best effort: the outcome matters more)."""
+    ) -> RequestRecord:
+        """The request log's record of a request to the claim's destination."""
         assert claimed.destination is not None
-        record = RequestRecord(
+        return RequestRecord(
             at=receipt.at,
             waba_id=creds.waba_id,
             destination=claimed.destination.name,
@@ -853,22 +853,30 @@ class Dispatcher:
             error_subcode=err.subcode if err else None,
             error_message=err.message if err else None,
         )
+
+    def _log_request(self, record: RequestRecord, rows: Sequence[Row]) -> None:
+        """Put the request in the request log, linked to ``rows`` (best effort: the outcome
+        matters more)."""
         try:
             with self.db.transaction() as session:
                 record_request(session, record, [r.id for r in rows])
         except Exception:
-            log.exception("dispatcher.request_log_failed waba_id=%s", creds.waba_id)
+            log.exception("dispatcher.request_log_failed waba_id=%s", record.waba_id)
 
-    def _record_accepted(self, claimed: Claimed, rows: Sequence[Row], creds: Credentials) -> int:
-        """The destination took ``rows``: count the request and mark them sent; how many
-        were."""
+    def _record_accepted(
+        self, claimed: Claimed, rows: Sequence[Row], creds: Credentials, receipt: Receipt
+    ) -> int:
+        """The destination took ``rows``: log and count the request and mark them sent; how
+        many were."""
         GRAPH_REQUESTS.labels(endpoint=_endpoint(claimed), outcome="ok").inc()
+        record = self._request_record(creds, claimed, rows, receipt, None)
         if claimed.at is not None:
+            self._log_request(record, rows)
             values = {"status": Conversion.SENT, "dataset_id": creds.dataset_id}
             count = self._finalize(rows, values, "sent", at=claimed.at)
             log.info("conversion.sent count=%s destination=%s", count, claimed.at)
             return count
-        return self._record_sent(rows, creds)
+        return self._record_sent(rows, creds, record)
 
     def _accepted(
         self,
@@ -876,10 +884,11 @@ class Dispatcher:
         claimed: Claimed,
         rows: Sequence[Row],
         stats: DispatchStats,
+        receipt: Receipt,
         *,
         probing: bool = False,
     ) -> None:
-        stats.sent += self._record_accepted(claimed, rows, creds)
+        stats.sent += self._record_accepted(claimed, rows, creds, receipt)
         if probing:
             self._resume(creds.waba_id, "Meta accepted events again")
 
@@ -995,10 +1004,16 @@ class Dispatcher:
             )
         return _counted(rowcount(result), outcome)
 
-    def _record_sent(self, rows: Sequence[Row], creds: Credentials) -> int:
-        """``_finalize`` with the sent outcome, in the driver's SQL: the one write of every
-        1,000 events."""
-        updated = queue.mark_sent(self.db, [r.id for r in rows], creds.dataset_id, utcnow())
+    def _record_sent(self, rows: Sequence[Row], creds: Credentials, record: RequestRecord) -> int:
+        """``_finalize`` with the sent outcome and the request's log, in the driver's SQL: the
+        one write of every 1,000 events. If the log's row cannot be written, the outcome is
+        written without it."""
+        ids = [r.id for r in rows]
+        try:
+            updated = queue.mark_sent(self.db, ids, creds.dataset_id, utcnow(), record)
+        except Exception:
+            log.exception("dispatcher.request_log_failed waba_id=%s", creds.waba_id)
+            updated = queue.mark_sent(self.db, ids, creds.dataset_id, utcnow())
         count = _counted(updated, "sent")  # with the writers' turn given back
         log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
         return count

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from waconv.conversions.requestlog import REQUEST_FIELDS, RequestRecord
 from waconv.db import Database, UTCDateTime, from_driver_time, time_binder
 from waconv.graph.client import MAX_REQUEST_BYTES
 from waconv.models import Account, Conversion, ConversionDelivery
@@ -93,8 +94,9 @@ UNSETTLED = Conversion.status.not_in(_SETTLED)
 
 # What _finalize does for the sent outcome (see _record_sent).
 _SENT_SQL = (
-    "UPDATE conversions SET status = 'sent', attempts = attempts + 1, sent_at = {now},"
-    " updated_at = {now}, dataset_id = {dataset_id}, last_error = NULL"
+    "{request_row}UPDATE conversions SET status = 'sent', attempts = attempts + 1,"
+    " sent_at = {now}, updated_at = {now}, dataset_id = {dataset_id}, last_error = NULL"
+    "{request_id}"
     " WHERE id {id_in} AND status NOT IN ({settled})"
 )
 # ``id IN`` the batch, given as one text parameter by id_list (id_in says it for Core).
@@ -134,15 +136,48 @@ CLAIM_STATEMENTS = {
     for dialect in _PARAMETER_MARKS
     for after in (False, True)
 }
-SENT_STATEMENTS = {
-    dialect: _driver_sql(
-        _SENT_SQL,
-        dialect,
-        id_in=_ID_IN_SQL[dialect],
-        settled=", ".join(f"'{status}'" for status in _SETTLED),
+
+
+# The accepted request's row in the request log (see mark_sent).
+_REQUEST_ROW_SQL = "INSERT INTO dispatch_requests ({columns}) VALUES ({values}) RETURNING id"
+
+
+def _request_row_sql(dialect: str) -> str:
+    """``_REQUEST_ROW_SQL`` as a template of the driver's parameters."""
+    values = ", ".join(
+        "CAST({messages} AS jsonb)"
+        if name == "messages" and dialect == "postgresql"
+        else "{" + name + "}"
+        for name in REQUEST_FIELDS
     )
-    for dialect in _PARAMETER_MARKS
+    return _REQUEST_ROW_SQL.replace("{columns}", ", ".join(REQUEST_FIELDS)).replace(
+        "{values}", values
+    )
+
+
+def _sent_sql(dialect: str, *, request: bool) -> str:
+    """The sent outcome; with ``request``, setting the request log's id on each event: on
+    PostgreSQL the request's row goes in the same statement (a CTE), on SQLite it is given
+    (``mark_sent`` inserts it first, in the same transaction)."""
+    fragments = {
+        "id_in": _ID_IN_SQL[dialect],
+        "settled": ", ".join(f"'{status}'" for status in _SETTLED),
+        "request_row": "",
+        "request_id": "",
+    }
+    if request and dialect == "postgresql":
+        fragments["request_row"] = "WITH request AS (" + _request_row_sql(dialect) + ") "
+        fragments["request_id"] = ", sent_request_id = (SELECT id FROM request)"
+    elif request:
+        fragments["request_id"] = ", sent_request_id = {request_id}"
+    return _driver_sql(_SENT_SQL, dialect, **fragments)
+
+
+SENT_STATEMENTS = {dialect: _sent_sql(dialect, request=False) for dialect in _PARAMETER_MARKS}
+SENT_WITH_REQUEST_STATEMENTS = {
+    dialect: _sent_sql(dialect, request=True) for dialect in _PARAMETER_MARKS
 }
+_REQUEST_ROW_SQLITE = _driver_sql(_request_row_sql("sqlite"), "sqlite")
 
 
 def _json_or_none(text: str | None) -> Any:
@@ -315,14 +350,46 @@ def _within_cap(cursor: Any, limit: int) -> tuple[list[tuple[Any, ...]], bool]:
     return taken, len(taken) == limit
 
 
-def mark_sent(db: Database, ids: Sequence[int], dataset_id: str | None, now: datetime) -> int:
-    """The sent outcome of a batch, on its events still pending: the one write of every 1,000
-    events. How many it marked."""
-    parameters = {
-        "now": time_binder(db.engine.dialect)(now),
+def mark_sent(
+    db: Database,
+    ids: Sequence[int],
+    dataset_id: str | None,
+    now: datetime,
+    request: RequestRecord | None = None,
+) -> int:
+    """The sent outcome of a batch, on its events still pending, with the ``request`` that
+    delivered it in the request log, each event linked to it: the one write of every 1,000
+    events, committed once. How many it marked."""
+    bind = time_binder(db.engine.dialect)
+    parameters: dict[str, Any] = {
+        "now": bind(now),
         "dataset_id": dataset_id,
         "ids": id_list(ids, db.dialect),
     }
+    if request is None:
+        with db.autocommit_cursor() as cursor:
+            cursor.execute(SENT_STATEMENTS[db.dialect], parameters)
+            return max(int(cursor.rowcount), 0)
+    parameters.update(_request_parameters(request, bind))
+    statement = SENT_WITH_REQUEST_STATEMENTS[db.dialect]
     with db.autocommit_cursor() as cursor:
-        cursor.execute(SENT_STATEMENTS[db.dialect], parameters)
-        return max(int(cursor.rowcount), 0)
+        if db.dialect == "postgresql":
+            cursor.execute(statement, parameters)
+            return max(int(cursor.rowcount), 0)
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute(_REQUEST_ROW_SQLITE, parameters)
+        (parameters["request_id"],) = cursor.fetchone()
+        cursor.execute(statement, parameters)
+        marked = max(int(cursor.rowcount), 0)
+        cursor.execute("COMMIT")  # an exception instead: the connection is discarded, unsaved
+        return marked
+
+
+def _request_parameters(request: RequestRecord, bind: Any) -> dict[str, Any]:
+    """The request log's row as the driver's parameters (``bind``: the dialect's time
+    binder)."""
+    values = {name: getattr(request, name) for name in REQUEST_FIELDS}
+    values["at"] = bind(request.at)
+    if request.messages is not None:
+        values["messages"] = orjson.dumps(request.messages).decode()
+    return values

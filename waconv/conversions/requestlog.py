@@ -1,7 +1,9 @@
 """The request log: one row per HTTP request that carried events, linked to its conversions.
 
 The dispatcher calls :func:`record_request` once per request (Graph or Gateway, answered or
-not); the admin API reads the log back. ``sent_event`` is rebuilt, not stored: see
+not), except for a Graph request Meta accepted: ``queue.mark_sent`` writes its row with the
+outcome, and each of its conversions keeps the row's id (``sent_request_id``) instead of a
+link row. The admin API reads the log back. ``sent_event`` is rebuilt, not stored: see
 :func:`sent_event`.
 """
 
@@ -43,7 +45,7 @@ class RequestRecord:
     error_message: str | None = None
 
 
-_REQUEST_FIELDS = tuple(RequestRecord.__dataclass_fields__)
+REQUEST_FIELDS = tuple(RequestRecord.__dataclass_fields__)
 
 # The links of one request in one statement, the ids given as one text parameter (1,000 bound
 # parameters parse and plan slower than one array; see waconv.conversions.dispatcher._id_list).
@@ -79,7 +81,7 @@ def record_request(
     if record.destination not in DispatchRequest.DESTINATIONS:
         raise ValueError(f"unknown destination {record.destination!r}")
     conn = conn_or_session.connection() if isinstance(conn_or_session, Session) else conn_or_session
-    values = {name: getattr(record, name) for name in _REQUEST_FIELDS}
+    values = {name: getattr(record, name) for name in REQUEST_FIELDS}
     if values["messages"] is None:
         # Left out, the column is SQL NULL; given as None, JSON would store the value null.
         del values["messages"]
@@ -97,15 +99,18 @@ def record_request(
 
 
 def requests_of(session: Session, conversion_id: int) -> list[DispatchRequest]:
-    """The requests that carried the conversion, newest first."""
+    """The requests that carried the conversion, newest first: those linked to it, and the
+    one that delivered it (``Conversion.sent_request_id``)."""
+    linked = select(DispatchRequestConversion.request_id).where(
+        DispatchRequestConversion.conversion_id == conversion_id
+    )
+    delivered = select(Conversion.sent_request_id).where(
+        Conversion.id == conversion_id, Conversion.sent_request_id.is_not(None)
+    )
     return list(
         session.scalars(
             select(DispatchRequest)
-            .join(
-                DispatchRequestConversion,
-                DispatchRequestConversion.request_id == DispatchRequest.id,
-            )
-            .where(DispatchRequestConversion.conversion_id == conversion_id)
+            .where(DispatchRequest.id.in_(linked.union_all(delivered)))
             .order_by(DispatchRequest.id.desc())
         )
     )
