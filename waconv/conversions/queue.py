@@ -7,6 +7,7 @@ at import, for each dialect.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -61,18 +62,19 @@ class Row(NamedTuple):
 # previous one's last row (``Claimed.last``). On PostgreSQL, the outer query keeps the rows
 # whose JSON fits a request's byte cap (the first row always): a backlog of large events is
 # read a request at a time, so a dispatcher's memory does not grow with them (1,000 events of
-# 60 KB: bench/fleet).
+# 60 KB: bench/fleet). Each JSON is cast to text once, its size taken from the text, and the
+# running sum's frame is ROWS (the default RANGE looks for peers): the cap costs 0.6 ms of
+# PostgreSQL per 1,000 rows, where it cost 1.5.
 _CLAIM_SQL = (
     "SELECT id, event_id, event_name, event_time, ctwa_clid, custom_data, extra, attempts,"
-    " next_attempt_at, read FROM (SELECT *, COUNT(*) OVER () AS read,"
-    " SUM(size) OVER (ORDER BY next_attempt_at, id) - size AS before FROM (SELECT id,"
-    " event_id, event_name, event_time, ctwa_clid, CAST(custom_data AS TEXT) AS custom_data,"
-    " CAST(extra AS TEXT) AS extra, attempts,"
-    " next_attempt_at, COALESCE(LENGTH(CAST(custom_data AS TEXT)), 0)"
-    " + COALESCE(LENGTH(CAST(extra AS TEXT)), 0) + {per_event} AS size FROM conversions"
+    " next_attempt_at, upto FROM (SELECT *, SUM(size) OVER (ORDER BY next_attempt_at, id"
+    " ROWS UNBOUNDED PRECEDING) AS upto FROM (SELECT *, COALESCE(OCTET_LENGTH(custom_data), 0)"
+    " + COALESCE(OCTET_LENGTH(extra), 0) + {per_event} AS size FROM (SELECT id, event_id,"
+    " event_name, event_time, ctwa_clid, CAST(custom_data AS TEXT) AS custom_data,"
+    " CAST(extra AS TEXT) AS extra, attempts, next_attempt_at FROM conversions"
     " WHERE waba_id = {waba_id} AND status = 'pending' AND next_attempt_at <= {now}"
     " AND event_time >= {oldest}{after} ORDER BY next_attempt_at, id LIMIT {limit}) AS due)"
-    " AS claim WHERE before < {max_bytes} ORDER BY next_attempt_at, id"
+    " AS sized) AS claim WHERE upto - size < {max_bytes} ORDER BY next_attempt_at, id"
 )
 _CLAIM_AFTER = " AND (next_attempt_at, id) > ({after_due}, {after_id})"
 # SQLite's claim: the inner query alone, its rows read a few at a time up to the byte cap
@@ -332,22 +334,41 @@ def claim(
             taken, more = _within_cap(cursor, limit)
             return Claim(claim_rows(taken), more)
         result = cursor.fetchall()
-    rows = claim_rows([r[:-1] for r in result])
-    return Claim(rows, bool(result) and (result[0][-1] == limit or len(rows) < result[0][-1]))
+    # More may be due if the claim took its limit, or if the cap may have left the next row
+    # out (the last row kept reaches it).
+    more = bool(result) and (len(result) == limit or result[-1][-1] >= MAX_REQUEST_BYTES)
+    return Claim(claim_rows([r[:-1] for r in result]), more)
 
 
 def _within_cap(cursor: Any, limit: int) -> tuple[list[tuple[Any, ...]], bool]:
     """The claimed rows as the window query keeps them: each whose events before it take
-    less than the byte cap (the first always); and whether due events may remain."""
+    less than the byte cap (the first always); and whether due events may remain. A chunk
+    that stays under the cap is measured as a whole, in C; only the one that reaches it row
+    by row (the loop over every row was a tenth of a claim's CPU)."""
     taken: list[tuple[Any, ...]] = []
     before = 0
     while chunk := cursor.fetchmany(STREAM_ROWS):
+        size = _json_bytes(chunk)
+        if before + size < MAX_REQUEST_BYTES:
+            taken += chunk
+            before += size
+            continue
         for row in chunk:
             if before >= MAX_REQUEST_BYTES:
                 return taken, True
             taken.append(row)
-            before += len(row[5] or "") + len(row[6] or "") + EVENT_OVERHEAD_BYTES
+            before += _json_bytes((row,))
     return taken, len(taken) == limit
+
+
+_CUSTOM_DATA, _EXTRA = operator.itemgetter(5), operator.itemgetter(6)
+
+
+def _json_bytes(rows: Sequence[tuple[Any, ...]]) -> int:
+    """What the claimed ``rows`` take in a request, as the cap counts it."""
+    custom = sum(map(len, filter(None, map(_CUSTOM_DATA, rows))))
+    extra = sum(map(len, filter(None, map(_EXTRA, rows))))
+    return custom + extra + EVENT_OVERHEAD_BYTES * len(rows)
 
 
 def mark_sent(
