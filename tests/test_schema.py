@@ -58,7 +58,7 @@ def test_a_0_1_0_database_upgrades_in_place(db_url: str) -> None:
                     .scalars()
                     .all()
                 )
-                assert len(predicates) == 2
+                assert len(predicates) == 1  # 0013 dropped ix_conversions_due
                 assert all("WHERE" in p and "pending" in p for p in predicates)
         schema.check(engine)
     finally:
@@ -107,7 +107,7 @@ def test_a_0_2_database_upgrades_in_place(db_url: str) -> None:
                     " AND name IN ('ix_conversions_due', 'ix_conversions_account_due')"
                 )
             definitions = conn.execute(text(query)).scalars().all()
-        assert len(definitions) == 2
+        assert len(definitions) == 1  # 0013 dropped ix_conversions_due
         assert all("WHERE" in d and "'pending'" in d and "sending" not in d for d in definitions)
         schema.check(engine)
     finally:
