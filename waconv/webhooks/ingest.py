@@ -17,7 +17,9 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from waconv.clock import utcnow
 from waconv.conversations.store import ENSURED_ACCOUNTS
-from waconv.db import insert_or_ignore, oldest_received, time_binder
+from waconv.db import Database, insert_or_ignore, oldest_received, time_binder
 from waconv.models import WebhookDelivery
 from waconv.services import Services
 from waconv.webhooks.batch import apply_batch
@@ -86,18 +88,23 @@ class ReceiveResult:
 
 
 # The store's two statements in the drivers' own SQL (see ``Database.autocommit_cursor``), by
-# placeholder style. Every column the model fills by default is given: a row stored this way
-# reads back exactly like one written through the ORM.
+# dialect. Every column the model fills by default is given: a row stored this way reads back
+# exactly like one written through the ORM. PostgreSQL stores a group at a time
+# (``_StoreGroup``): its rows given as two arrays, one statement for the group (psycopg's
+# executemany would send one per row).
 _STORE_SQL = {
-    "?": (
+    "sqlite": (
         "INSERT INTO webhook_deliveries (body_sha256, body, received_at, status, attempts, items)"
         " VALUES (?, ?, ?, 'received', 1, 0) ON CONFLICT DO NOTHING RETURNING id",
         "SELECT id FROM webhook_deliveries WHERE body_sha256 = ?",
     ),
-    "%s": (
+    "postgresql": (
         "INSERT INTO webhook_deliveries (body_sha256, body, received_at, status, attempts, items)"
-        " VALUES (%s, %s, %s, 'received', 1, 0) ON CONFLICT DO NOTHING RETURNING id",
-        "SELECT id FROM webhook_deliveries WHERE body_sha256 = %s",
+        " SELECT digest, body, %s, 'received', 1, 0"
+        " FROM unnest(CAST(%s AS text[]), CAST(%s AS bytea[])) AS given(digest, body)"
+        " ON CONFLICT DO NOTHING RETURNING id, body_sha256",
+        "SELECT body_sha256, id FROM webhook_deliveries"
+        " WHERE body_sha256 = ANY(CAST(%s AS text[]))",
     ),
 }
 
@@ -109,10 +116,13 @@ def receive(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveR
 
 
 def store(services: Services, raw: bytes) -> ReceiveResult:
-    """The request's whole database work in background mode: one insert, committed alone."""
+    """The request's whole database work in background mode: one insert, committed alone on
+    SQLite, with the other stores of the moment on PostgreSQL (``_StoreGroup``)."""
     digest = hashlib.sha256(raw).hexdigest()
     db = services.db
-    insert, existing = _STORE_SQL[db.placeholder]
+    if db.dialect == "postgresql":
+        return _store_group(db).store(db, digest, raw)
+    insert, existing = _STORE_SQL["sqlite"]
     received_at = time_binder(db.engine.dialect)(utcnow())
     with db.autocommit_cursor() as cursor:
         cursor.execute(insert, (digest, raw, received_at))
@@ -124,6 +134,100 @@ def store(services: Services, raw: bytes) -> ReceiveResult:
             log.info("webhook.delivery.duplicate delivery_id=%s", delivery_id)
             return ReceiveResult("duplicate", delivery_id)
     return ReceiveResult("stored", row[0])
+
+
+# --- PostgreSQL: stores committed together ---------------------------------------------------
+#
+# Each commit waits for PostgreSQL to flush its WAL. Sixteen requests committing one row each
+# queued on the WAL's lock: sampled during a burst of 20,000, 2,077 of 2,371 active backends
+# were waiting on WALWrite or WALSync, and the requests' latency (8 ms at p50), not the CPU
+# (1.3-1.5 of 2 cores busy), bounded the rate. So a store that arrives while none is being
+# written writes every store waiting in its process, itself included, in one INSERT and one
+# commit; those that arrive meanwhile wait, and the first of them writes the next group. Each
+# request is still answered only once its own row is committed.
+
+
+class _Store:
+    """One request's store, waiting in a group."""
+
+    __slots__ = ("digest", "error", "raw", "result")
+
+    def __init__(self, digest: str, raw: bytes) -> None:
+        self.digest = digest
+        self.raw = raw
+        self.result: ReceiveResult | None = None
+        self.error: BaseException | None = None
+
+
+class _StoreGroup:
+    """The stores of one process and database, written a group at a time."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting: list[_Store] = []
+        self._writing = False
+
+    def store(self, db: Database, digest: str, raw: bytes) -> ReceiveResult:
+        mine = _Store(digest, raw)
+        with self._changed:
+            self._waiting.append(mine)
+            while self._writing and mine.result is None and mine.error is None:
+                self._changed.wait()
+            if mine.result is None and mine.error is None:  # none being written: write them
+                self._writing = True
+                group, self._waiting = self._waiting, []
+            else:
+                group = []
+        if group:
+            try:
+                _write_group(db, group)
+            except BaseException as exc:  # each request of the group answers it (a 503)
+                for waiting in group:
+                    waiting.error = exc
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+
+def _write_group(db: Database, group: list[_Store]) -> None:
+    """Insert the group's rows in one statement, and set each store's result: ``stored``
+    for the first of each body not stored before, ``duplicate`` (with the stored id) for the
+    rest."""
+    insert, earlier = _STORE_SQL["postgresql"]
+    digests = [s.digest for s in group]
+    with db.autocommit_cursor() as cursor:
+        cursor.execute(insert, (utcnow(), digests, [s.raw for s in group]))
+        inserted = {digest: delivery_id for delivery_id, digest in cursor.fetchall()}
+        existing: dict[str, int] = {}
+        if len(inserted) < len(group):
+            cursor.execute(earlier, ([d for d in digests if d not in inserted],))
+            existing = dict(cursor.fetchall())
+    for s in group:
+        delivery_id = inserted.pop(s.digest, None)
+        if delivery_id is not None:
+            s.result = ReceiveResult("stored", delivery_id)
+            existing[s.digest] = delivery_id  # the same body again in this group
+        else:
+            found = existing.get(s.digest)
+            log.info("webhook.delivery.duplicate delivery_id=%s", found)
+            s.result = ReceiveResult("duplicate", found)
+
+
+_GROUPS: weakref.WeakKeyDictionary[Database, _StoreGroup] = weakref.WeakKeyDictionary()
+_GROUPS_LOCK = threading.Lock()
+
+
+def _store_group(db: Database) -> _StoreGroup:
+    group = _GROUPS.get(db)
+    if group is None:
+        with _GROUPS_LOCK:
+            group = _GROUPS.setdefault(db, _StoreGroup())
+    return group
 
 
 def _receive_inline(services: Services, raw: bytes, payload: dict[str, Any]) -> ReceiveResult:
