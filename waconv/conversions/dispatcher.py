@@ -1011,8 +1011,10 @@ class Dispatcher:
         ids = [r.id for r in rows]
         try:
             updated = queue.mark_sent(self.db, ids, creds.dataset_id, utcnow(), record)
-        except Exception:
-            log.exception("dispatcher.request_log_failed waba_id=%s", creds.waba_id)
+        except Exception:  # a database that is down fails the second try too, and raises
+            log.exception(
+                "dispatcher.request_log_failed waba_id=%s; marking sent without it", creds.waba_id
+            )
             updated = queue.mark_sent(self.db, ids, creds.dataset_id, utcnow())
         count = _counted(updated, "sent")  # with the writers' turn given back
         log.info("conversion.sent count=%s dataset_id=%s", count, creds.dataset_id)
