@@ -1,9 +1,9 @@
-"""``python -m bench [all|ingest|processing|dispatch|fleet|connectors|console|report]
+"""``python -m bench [all|ingest|processing|dispatch|fleet|connectors|console|baseline|report]
 [--quick]``: run, then write bench/RESULTS.md.
 
 ``make bench`` runs everything. A partial run (``ingest``, ``processing``, ``dispatch``,
-``fleet``, ``connectors`` or ``console``) replaces only its own part of bench/results.json and
-rewrites RESULTS.md from it.
+``fleet``, ``connectors``, ``console`` or ``baseline``) replaces only its own part of
+bench/results.json and rewrites RESULTS.md from it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ QUICK = {
 # Applying stored deliveries in one process: the per-delivery path takes minutes for 20,000 on
 # PostgreSQL, and three contenders alternate.
 PROCESSING = {"full": (5_000, 3), "quick": (1_000, 1)}
-PARTS = ("ingest", "processing", "dispatch", "fleet", "connectors", "console")
+PARTS = ("ingest", "processing", "dispatch", "fleet", "connectors", "console", "baseline")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -55,6 +55,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
             "fleet",
             "connectors",
             "console",
+            "baseline",
             "report",
         ),
         default="all",
@@ -99,6 +100,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="record the waconv ingest runs with py-spy (raw stacks in the work directory)",
     )
+    p.add_argument(
+        "--commit",
+        help="baseline: the earlier commit measured beside today's code (default: 0.3.1's)",
+    )
     p.add_argument("--workdir", type=Path, help="keep databases, logs and profiles here")
     return p.parse_args(argv)
 
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     backends = [b for b in args.backends.split(",") if b]
-    if args.part in ("all", "ingest") and shutil.which("wrk") is None:
+    if args.part in ("all", "ingest", "baseline") and shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk (Debian/Ubuntu)", file=sys.stderr)
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="waconv-bench-"))
@@ -193,6 +198,20 @@ def main(argv: list[str] | None = None) -> int:
             "command": command.strip(),
             "runs": [r.to_dict() for r in runs],
         }
+        report.save(data)
+    if args.part in ("all", "baseline"):
+        from bench import baseline
+
+        bresult = baseline.run(
+            commit=args.commit or baseline.BASELINE,
+            deliveries=sizes["deliveries"],
+            warmup=sizes["warmup"],
+            events=sizes["events"],
+            rounds=sizes["server_rounds"],
+            backends=backends,
+            workdir=workdir,
+        )
+        data["baseline"] = {"date": date, "command": command.strip(), **bresult}
         report.save(data)
     report.write(data, _commands(data))
     common.log(f"wrote {report.RESULTS_MD.relative_to(common.REPO)} and latency.png")

@@ -153,6 +153,8 @@ class Server:
     workers: int = 4
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # The tree whose code it serves (bench/baseline.py serves an earlier commit's).
+    root: Path = REPO
 
     @property
     def url(self) -> str:
@@ -175,10 +177,12 @@ class Server:
     def __enter__(self) -> Server:
         env = {**os.environ, **self.env}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if self.root != REPO:
+            env["PYTHONPATH"] = os.pathsep.join([str(self.root), str(REPO)])
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             self.command(),
-            cwd=REPO,
+            cwd=self.root,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -13,3 +13,7 @@ _deployed = runpy.run_path(
 )
 globals().update({k: v for k, v in _deployed.items() if not k.startswith("__")})
 accesslog = None
+try:  # an earlier commit's tree (bench/baseline.py) may not have it; the access log is off
+    import waconv.accesslog  # noqa: F401
+except ImportError:
+    logger_class = "gunicorn.glogging.Logger"

@@ -243,11 +243,15 @@ def measure(
     cap_seconds: float,
     process_wait: float,
     profile: bool = False,
+    root: Path = common.REPO,
 ) -> IngestRun:
+    """One round of ``contender``; ``root``: the tree whose code it serves (waconv only)."""
     database_url = _prepare(contender, backend, workdir)
     run = IngestRun(contender, backend)
     log_path = workdir / f"gunicorn-{contender}-{backend}.log"
-    server = common.Server(CONTENDERS[contender], _env(contender, database_url), log_path)
+    server = common.Server(
+        CONTENDERS[contender], _env(contender, database_url), log_path, root=root
+    )
     run.command = " ".join(["gunicorn", *server.command()[3:]]).replace(str(common.REPO) + "/", "")
     common.log(f"ingest {contender} on {backend}: starting {CONTENDERS[contender]}")
     with server:

@@ -411,6 +411,58 @@ def _fleet_section(fleet: dict[str, Any]) -> list[str]:
     ]
 
 
+def _baseline_section(base: dict[str, Any]) -> list[str]:
+    from bench.baseline import median_rate
+
+    commit = base["commit"]
+    old = f"waconv@{commit}"
+    ingest, dispatch = base["ingest"], base["dispatch"]
+    backends = sorted({r["backend"] for r in ingest}, key=lambda b: b != "sqlite")
+    lines = [
+        f"## Against the code of {commit} (`python -m bench baseline`)",
+        "",
+        f"{base['date']}. The ratios of the issues' targets moved with the machine, so the code "
+        f"of {commit} (measured when issues #14, #16 and #17 were filed) ran again beside "
+        f"today's, alternating, {base['rounds']} round(s); the harness, the fakes and the "
+        "server configuration are today's for both. Medians. Ingest: "
+        f"{base['deliveries']:,} deliveries at 16 connections; dispatch: "
+        f"{base['events']:,} events.",
+        "",
+        f"| ingest | bare req/s | waconv req/s | x bare | {old} req/s | x bare "
+        "| today's ratio / then's |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in backends:
+        bare = median_rate(ingest, "bare", b, "rps")
+        new, then = (median_rate(ingest, c, b, "rps") for c in ("waconv", old))
+        if not (bare and new and then):
+            continue
+        lines.append(
+            f"| {b} | {bare:,.0f} | {new:,.0f} | {new / bare:.2f}x | {then:,.0f} "
+            f"| {then / bare:.2f}x | {new / then:.2f} |"
+        )
+    sdk = median_rate(dispatch, "sdk", "-", "events_per_s")
+    lines += [
+        "",
+        f"| dispatch | SDK events/s | waconv events/s | x SDK | {old} events/s | x SDK "
+        "| today's ratio / then's |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in backends:
+        new, then = (median_rate(dispatch, c, b, "events_per_s") for c in ("waconv", old))
+        if not (sdk and new and then):
+            continue
+        lines.append(
+            f"| {b} | {sdk:,.0f} | {new:,.0f} | {new / sdk:.2f}x | {then:,.0f} "
+            f"| {then / sdk:.2f}x | {new / then:.2f} |"
+        )
+    rounds = ", ".join(
+        f"{r['contender']}/{r['backend']} {r['rps']:,.0f}" for r in ingest if r.get("rps")
+    )
+    lines += ["", f"Ingest rounds (req/s, in order): {rounds}.", ""]
+    return lines
+
+
 def _applied_after(seconds: float | None) -> str:
     return "**not within 120 s**" if seconds is None else f"{seconds:.1f} s"
 
@@ -477,6 +529,8 @@ def write(data: dict[str, Any], commands: list[str]) -> None:
         lines += _fleet_section(data["fleet"])
     if "console" in data:
         lines += _console_section(data["console"])
+    if "baseline" in data:
+        lines += _baseline_section(data["baseline"])
     if PROFILE_MD.exists():
         # Written by hand after reading a profile; it names the run it comes from.
         lines += [PROFILE_MD.read_text().strip(), ""]
