@@ -412,8 +412,6 @@ def _fleet_section(fleet: dict[str, Any]) -> list[str]:
 
 
 def _baseline_section(base: dict[str, Any]) -> list[str]:
-    from bench.baseline import median_rate
-
     commit = base["commit"]
     old = f"waconv@{commit}"
     ingest, dispatch = base["ingest"], base["dispatch"]
@@ -428,38 +426,45 @@ def _baseline_section(base: dict[str, Any]) -> list[str]:
         f"{base['deliveries']:,} deliveries at 16 connections; dispatch: "
         f"{base['events']:,} events.",
         "",
-        f"| ingest | bare req/s | waconv req/s | x bare | {old} req/s | x bare "
-        "| today's ratio / then's |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for b in backends:
-        bare = median_rate(ingest, "bare", b, "rps")
-        new, then = (median_rate(ingest, c, b, "rps") for c in ("waconv", old))
-        if not (bare and new and then):
-            continue
-        lines.append(
-            f"| {b} | {bare:,.0f} | {new:,.0f} | {new / bare:.2f}x | {then:,.0f} "
-            f"| {then / bare:.2f}x | {new / then:.2f} |"
-        )
-    sdk = median_rate(dispatch, "sdk", "-", "events_per_s")
-    lines += [
+        *_against(ingest, "ingest", ("bare", "bare"), ("req/s", "rps"), old, backends),
         "",
-        f"| dispatch | SDK events/s | waconv events/s | x SDK | {old} events/s | x SDK "
-        "| today's ratio / then's |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *_against(
+            dispatch, "dispatch", ("sdk", "SDK"), ("events/s", "events_per_s"), old, backends
+        ),
     ]
-    for b in backends:
-        new, then = (median_rate(dispatch, c, b, "events_per_s") for c in ("waconv", old))
-        if not (sdk and new and then):
-            continue
-        lines.append(
-            f"| {b} | {sdk:,.0f} | {new:,.0f} | {new / sdk:.2f}x | {then:,.0f} "
-            f"| {then / sdk:.2f}x | {new / then:.2f} |"
-        )
     rounds = ", ".join(
         f"{r['contender']}/{r['backend']} {r['rps']:,.0f}" for r in ingest if r.get("rps")
     )
     lines += ["", f"Ingest rounds (req/s, in order): {rounds}.", ""]
+    return lines
+
+
+def _against(
+    runs: list[dict[str, Any]],
+    what: str,
+    reference: tuple[str, str],
+    rate: tuple[str, str],
+    old: str,
+    backends: list[str],
+) -> list[str]:
+    """A table of today's waconv and ``old`` against ``reference`` (contender, label), each
+    as ``rate`` (unit, key) and as a ratio, per backend."""
+    from bench.baseline import median_rate
+
+    (contender, label), (unit, key) = reference, rate
+    lines = [
+        f"| {what} | {label} {unit} | waconv {unit} | x {label} | {old} {unit} | x {label} "
+        "| today's ratio / then's |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in backends:
+        ref = median_rate(runs, contender, "-" if contender == "sdk" else b, key)
+        new, then = (median_rate(runs, c, b, key) for c in ("waconv", old))
+        if ref and new and then:
+            lines.append(
+                f"| {b} | {ref:,.0f} | {new:,.0f} | {new / ref:.2f}x | {then:,.0f} "
+                f"| {then / ref:.2f}x | {new / then:.2f} |"
+            )
     return lines
 
 
