@@ -17,7 +17,6 @@ INGEST_VS_PYWA = 2.0
 INGEST_VS_BARE = 0.5
 INGEST_P99_MS = 50.0
 DISPATCH_VS_SDK = 1.3
-DISPATCH_VS_PLAIN = 0.7
 # Issue 21: a click applied end to end at least as fast as a pywa handler stores it.
 APPLIED_VS_PYWA = 1.0
 
@@ -138,6 +137,11 @@ def _ingest_section(ingest: dict[str, Any]) -> list[str]:
     for backend, reason in ingest.get("skipped", {}).items():
         out.append(f"\n{backend} was skipped: {reason}")
     out += [
+        "",
+        "Issue #14 asks for waconv/bare within 5 % of 2026-12-06's ratio (0.68x and 0.53x, with "
+        "sync workers then). The bare endpoint's own speed moves with the machine and the "
+        'worker class: the section "Against the code of …" below runs that day\'s code beside '
+        "today's in the same run.",
         "",
         "Commands (each server in turn, on a fresh database):",
         "",
@@ -295,7 +299,8 @@ def _dispatch_section(dispatch: dict[str, Any], cores: int) -> list[str]:
         "",
         "### Dispatch against the targets",
         "",
-        "| database | waconv/SDK (≥ 1.3) | waconv/plain (≥ 0.7) |",
+        "| database | waconv/SDK (≥ 1.3) | waconv/plain (0.7: retired by issue #17, "
+        "shown for comparison) |",
         "|---|---|---|",
     ]
     sdk = median_rate(results, "sdk")
@@ -307,8 +312,7 @@ def _dispatch_section(dispatch: dict[str, Any], cores: int) -> list[str]:
         vs_sdk = w / sdk if sdk else 0.0
         vs_plain = w / plain if plain else 0.0
         out.append(
-            f"| {backend} | {vs_sdk:.2f}x {_verdict(vs_sdk >= DISPATCH_VS_SDK)} | "
-            f"{vs_plain:.2f}x {_verdict(vs_plain >= DISPATCH_VS_PLAIN)} |"
+            f"| {backend} | {vs_sdk:.2f}x {_verdict(vs_sdk >= DISPATCH_VS_SDK)} | {vs_plain:.2f}x |"
         )
     floor = median_rate(results, "floor", "sqlite")
     if floor and plain:
@@ -320,7 +324,13 @@ def _dispatch_section(dispatch: dict[str, Any], cores: int) -> list[str]:
             f"reaches {floor / plain:.2f}x plain; waconv on SQLite is {waconv_sqlite / floor:.2f}x "
             "that floor.",
         ]
-    out.append("")
+    out += [
+        "",
+        "Issues #16 and #17 ask for these ratios to the SDK within 5 % of 2026-12-06's (7.67x "
+        "and 4.14x). The SDK's own speed moves with the machine: the section \"Against the code "
+        "of …\" below runs that day's code beside today's in the same run.",
+        "",
+    ]
     return out
 
 
