@@ -5,9 +5,9 @@ Revises: 0011
 Create Date: 2026-12-07 07:00:00
 
 A request Meta accepted is linked to its events by the UPDATE that marks them sent
-(``conversions.sent_request_id``), in the same statement as the request's own row, instead of
-by 1,000 rows of ``dispatch_request_conversions`` written in a transaction of their own: those
-cost a sixth of a dispatch run (bench/PROFILE.md, "Dispatch"). Refused and failed requests keep
+(``conversions.sent_request_id``; on PostgreSQL in the same statement as the request's own
+row), instead of by 1,000 rows of ``dispatch_request_conversions`` written in a transaction of
+their own, on the sender's path (bench/PROFILE.md, "Dispatch"). Refused and failed requests keep
 their link rows. No foreign key and no index: the id is only read from its conversion, and a
 pruned request leaves it pointing at nothing, as its link rows would have gone.
 """

@@ -160,7 +160,7 @@ def _request_row_sql(dialect: str) -> str:
 def _sent_sql(dialect: str, *, request: bool) -> str:
     """The sent outcome; with ``request``, setting the request log's id on each event: on
     PostgreSQL the request's row goes in the same statement (a CTE), on SQLite it is given
-    (``mark_sent`` inserts it first, in the same transaction)."""
+    (``mark_sent`` inserts it just before)."""
     fragments = {
         "id_in": _ID_IN_SQL[dialect],
         "settled": ", ".join(f"'{status}'" for status in _SETTLED),
@@ -380,7 +380,7 @@ def mark_sent(
 ) -> int:
     """The sent outcome of a batch, on its events still pending, with the ``request`` that
     delivered it in the request log, each event linked to it: the one write of every 1,000
-    events, committed once. How many it marked."""
+    events (on PostgreSQL one statement). How many it marked."""
     bind = time_binder(db.engine.dialect)
     parameters: dict[str, Any] = {
         "now": bind(now),
@@ -397,13 +397,14 @@ def mark_sent(
         if db.dialect == "postgresql":
             cursor.execute(statement, parameters)
             return max(int(cursor.rowcount), 0)
-        cursor.execute("BEGIN IMMEDIATE")
+        # Each statement its own transaction: inside one, SQLite keeps a statement journal for
+        # the UPDATE of 1,000 rows (0.5 ms more CPU per batch, measured). If the UPDATE fails,
+        # the request's row stands without its events: the log is best effort, the outcome
+        # goes again without it (Dispatcher._record_sent).
         cursor.execute(_REQUEST_ROW_SQLITE, parameters)
         (parameters["request_id"],) = cursor.fetchone()
         cursor.execute(statement, parameters)
-        marked = max(int(cursor.rowcount), 0)
-        cursor.execute("COMMIT")  # an exception instead: the connection is discarded, unsaved
-        return marked
+        return max(int(cursor.rowcount), 0)
 
 
 def _request_parameters(request: RequestRecord, bind: Any) -> dict[str, Any]:
