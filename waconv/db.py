@@ -10,7 +10,9 @@ import atexit
 import contextlib
 import fcntl
 import functools
+import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -304,6 +306,15 @@ class Database:
 def _insert_ignore_statement(table: Any, dialect: str) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     return insert(table).on_conflict_do_nothing().returning(table.c.id)
+
+
+@functools.cache
+def host_lock_path(database_url: str, purpose: str) -> str:
+    """A file every process of this host working on this database shares, for ``purpose``
+    (an flock, a time stamp): in the temporary directory, named by a digest of the URL (no
+    secret of it in a file name)."""
+    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"waconv-{purpose}-{digest}.lock")
 
 
 def oldest_received(db: Database, model: Any, waiting: Any) -> datetime | None:

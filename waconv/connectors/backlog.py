@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +37,7 @@ from waconv.clock import utcnow
 from waconv.config import ConfigError, Settings
 from waconv.connectors import service
 from waconv.connectors.service import SHOPIFY, Receipt, ShopifyDelivery
-from waconv.db import oldest_received, time_binder
+from waconv.db import host_lock_path, oldest_received, time_binder
 from waconv.models import ConnectorReceipt
 from waconv.services import Services
 from waconv.webhooks.ingest import IDLE_BUDGET_SECONDS, parse_body
@@ -112,8 +110,7 @@ def _host_file(database_url: str) -> IO[bytes]:
     key = (os.getpid(), database_url)
     found = _host_files.get(key)
     if found is None:
-        digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
-        path = os.path.join(tempfile.gettempdir(), f"waconv-shopify-{digest}.lock")
+        path = host_lock_path(database_url, "shopify")
         new = not os.path.exists(path)
         found = _host_files[key] = open(path, "a+b")  # noqa: SIM115 (kept open: the lock)
         if new:

@@ -26,15 +26,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import functools
-import hashlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +41,7 @@ from typing import IO
 from waconv.clock import utcnow
 from waconv.config import Settings
 from waconv.connectors import backlog
+from waconv.db import host_lock_path
 from waconv.services import Services
 from waconv.webhooks.ingest import oldest_waiting, process_received
 
@@ -295,13 +293,7 @@ class _Lag:
 
 def lock_path(services: Services) -> str:
     """One lock per host and database: the supervisors of all workers on it share this file."""
-    return _lock_path(services.settings.database_url)
-
-
-@functools.cache
-def _lock_path(database_url: str) -> str:  # every stored delivery touches it: computed once
-    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"waconv-processor-{digest}.lock")
+    return host_lock_path(services.settings.database_url, "processor")  # cached: hot path
 
 
 def _mtime(path: str) -> float:
