@@ -95,7 +95,7 @@ def queued(services: Services, count: int) -> None:
     """Wait (bounded) until ``count`` stores wait for the group being written."""
     group = ingest._store_group(services.db)
     done = threading.Event()
-    for _ in range(WAIT * 100):
+    for _ in range(WAIT * 100):  # polled: a store joining the queue notifies nobody
         with group._changed:
             if len(group._waiting) >= count:
                 return
@@ -165,7 +165,7 @@ def test_a_failed_group_fails_each_of_its_requests_and_the_next_group_works(
     assert len(stored(services)) == 2
 
 
-def test_the_webhook_answers_each_of_a_burst_with_its_own_row(
+def test_each_store_of_a_burst_is_answered_with_its_own_row(
     services: Services, stores: Stores
 ) -> None:
     """Without holding anything: 40 stores at once, each answered with its own row."""
