@@ -504,7 +504,7 @@ class ConnectorReceipt(Base):
     MATCHED = "matched"  # a conversion was recorded (or found recorded) for it
     UNMATCHED = "unmatched"  # no conversation with a click has its phone or email
     IGNORED = "ignored"  # a topic waconv does not map to an event
-    REFUSED = "refused"  # matched, but the conversion is not one Meta would take (the reason)
+    REFUSED = "refused"  # no conversion: not one Meta would take, or a stored order not applied
     RECEIVED = "received"  # stored, waiting for the background processor to apply it
     OUTCOMES = (MATCHED, UNMATCHED, IGNORED, REFUSED, RECEIVED)
 
