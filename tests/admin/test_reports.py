@@ -267,6 +267,13 @@ def test_the_rollup_follows_every_change_of_a_conversion(
     assert figures() == ({}, {}, 1)
     _set(services, status=Conversion.PENDING, custom_data={"value": 12.5, "currency": "EUR"})
     assert figures() == ({"Purchase": 1}, {"EUR": 12.5}, 0)
+    # The key changed, the outcome's class did not: with and without the status in the UPDATE.
+    _set(services, custom_data={"value": 20, "currency": "EUR"})
+    assert figures() == ({"Purchase": 1}, {"EUR": 20}, 0)
+    _set(services, status=Conversion.SENT, custom_data={"value": 3, "currency": "GBP"})
+    assert figures() == ({"Purchase": 1}, {"GBP": 3}, 0)
+    _set(services, event_name="QualifiedLead")
+    assert figures() == ({"QualifiedLead": 1}, {}, 0)
     _set(services, status=Conversion.EXPIRED)
     assert figures() == ({}, {}, 1)
     _set(services, status="canceled")  # never sent: neither credited nor a failure
