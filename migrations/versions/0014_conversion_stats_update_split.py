@@ -16,7 +16,10 @@ UPDATE: on SQLite that loads and compares six columns of the old and the new row
   change but the key did (an event renamed, a click or a value corrected).
 
 An UPDATE that sets none of the key's columns, as the dispatcher's outcomes do, never starts
-the second: only the status test is left. The bodies are 0007's, unchanged.
+the second. The status test first rules out pending -> sent (the dispatcher's every UPDATE) with
+two comparisons: the four class tests cost 0.2 ms of CPU per 1,000 rows more. What is left is
+SQLite calling the trigger for each row, 0.3 ms per 1,000 (measured with a trigger WHEN 0).
+The bodies are 0007's, unchanged.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def _tests(rollup: ModuleType, postgresql: bool) -> tuple[str, str, str]:
     ).format(c=rollup.CREDITED, n="('failed', 'expired')", d=distinct)
     key = " OR ".join(f"OLD.{c}{distinct}NEW.{c}" for c in KEY_COLUMNS.split(", "))
     either = rollup._CHANGED.replace(" IS NOT ", distinct)
-    return f"({classes})", f"NOT ({classes}) AND ({key})", either
+    sent = "NOT (OLD.status = 'pending' AND NEW.status = 'sent')"
+    return f"{sent} AND ({classes})", f"NOT ({classes}) AND ({key})", either
 
 
 def _drop(*names: str, postgresql: bool) -> None:
