@@ -90,7 +90,7 @@ from waconv.conversions.queue import (
 )
 from waconv.conversions.readiness import HOLD_DELAY, PROVISION_RETRY
 from waconv.conversions.requestlog import RequestRecord, record_request
-from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit
+from waconv.conversions.schedule import MAX_BACKOFF, SEND_MARGIN, backoff, send_limit, unix_limit
 from waconv.conversions.throttle import Throttle
 from waconv.graph.client import GraphClient
 from waconv.graph.errors import Disposition
@@ -759,7 +759,7 @@ class Dispatcher:
             try:
                 events[r.id] = build_meta_event(
                     event_name=r.event_name,
-                    event_time=r.event_time,
+                    event_time=r.event_unix,
                     event_id=r.event_id,
                     waba_id=waba_id,
                     ctwa_clid=r.ctwa_clid,
@@ -808,11 +808,11 @@ class Dispatcher:
         """The ``rows`` that may go out now: still ours, with a lease that outlasts the
         request, and not too old for Meta (those expire here)."""
         rows = self._keep_lease(claimed, rows)
-        limit = send_limit(utcnow())
-        stale = [r for r in rows if r.event_time < limit]
+        limit = unix_limit(utcnow())
+        stale = [r for r in rows if r.event_unix < limit]
         if stale:  # aged past the limit during a long split: Meta would reject the whole batch
             stats.expired += self._record_expired(claimed, stale)
-            rows = [r for r in rows if r.event_time >= limit]
+            rows = [r for r in rows if r.event_unix >= limit]
         return rows
 
     def _post(self, creds: Credentials, claimed: Claimed, rows: Sequence[Row]) -> Receipt:
@@ -1082,9 +1082,9 @@ class Dispatcher:
             # Throttled, the batch goes again when the account does.
             next_at = not_before or now + backoff(attempts, base)
             # The next try must still be in time: next_at + margin < event_time + 7 days.
-            last_chance = send_limit(next_at)
-            keep = [r for r in group if r.event_time >= last_chance]
-            late = [r for r in group if r.event_time < last_chance]
+            last_chance = unix_limit(next_at)
+            keep = [r for r in group if r.event_unix >= last_chance]
+            late = [r for r in group if r.event_unix < last_chance]
             if keep:
                 values = {
                     "attempts": Conversion.attempts + 1,

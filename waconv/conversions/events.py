@@ -513,7 +513,7 @@ def _json_number(field: str, amount: Decimal) -> float:
 def build_meta_event(
     *,
     event_name: str,
-    event_time: datetime,
+    event_time: datetime | int,
     event_id: str,
     waba_id: str,
     ctwa_clid: str,
@@ -534,11 +534,12 @@ def build_meta_event(
     (ValueError); its ``user_data`` (hashed customer information) is added to ``user_data``.
     LDU (meta-api.md §3.7): with ``ldu`` the event carries ``data_processing_options: ["LDU"]``
     and both country and state, since WhatsApp events have no IP for Meta to geolocate;
-    without it, no LDU key at all.
+    without it, no LDU key at all. ``event_time`` may be given in Unix seconds already (an
+    ``int``: the dispatcher's claim).
     """
     event: dict[str, Any] = {
         "event_name": event_name,
-        "event_time": to_unix(event_time),
+        "event_time": event_time if isinstance(event_time, int) else to_unix(event_time),
         "event_id": event_id,
         "action_source": "business_messaging",
         "messaging_channel": "whatsapp",

@@ -3,6 +3,7 @@ too old to send."""
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import datetime, timedelta
 
@@ -27,3 +28,10 @@ def backoff(attempts: int, base_seconds: float) -> timedelta:
 def send_limit(now: datetime) -> datetime:
     """Events whose event_time is before this are too old to send now (7 days - margin)."""
     return now - MAX_EVENT_AGE + SEND_MARGIN
+
+
+def unix_limit(now: datetime) -> int:
+    """``send_limit`` in Unix seconds, for a claimed event's ``event_unix`` (whole seconds,
+    truncated): rounded up, so that an event in the limit's own second is too old. It errs
+    by under a second, towards never sending late."""
+    return math.ceil(send_limit(now).timestamp())
