@@ -12,10 +12,12 @@ from sqlalchemy import update
 
 from tests.conftest import WABA_ID
 from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one, one, setup_account
-from waconv.clock import from_unix, utcnow
+from waconv.clock import from_unix, to_unix, utcnow
+from waconv.conversions import queue
 from waconv.conversions.dispatcher import SEND_MARGIN, Dispatcher, DispatchStats
 from waconv.conversions.events import MAX_EVENT_AGE
 from waconv.conversions.lease import give_back
+from waconv.conversions.schedule import send_limit, unix_limit
 from waconv.graph.client import GraphClient
 from waconv.graph.fake import FakeGraph
 from waconv.models import Conversion
@@ -226,3 +228,31 @@ def test_an_account_held_at_a_sweep_is_swept_by_that_dispatcher_when_it_holds_it
     assert mine._dispatch_account(WABA_ID).expired == 2
     assert {r.status for r in conversions(ready)} == {Conversion.EXPIRED}
     assert not fake_graph.requests
+
+
+def test_the_claim_gives_each_event_time_in_the_unix_seconds_sent_to_meta(
+    ready: Services,
+) -> None:
+    # The database computes them (unixepoch, EXTRACT EPOCH): the same truncated seconds as
+    # clock.to_unix, microseconds and all.
+    times = [utcnow() - timedelta(days=6, microseconds=us) for us in (0, 1, 499_999, 999_999)]
+    for i, moment in enumerate(times):
+        enqueue_many(ready, 1, prefix=f"t{i}-", event_time=moment)
+    now = utcnow()
+    rows = queue.claim(ready.db, WABA_ID, 10, now=now, oldest=send_limit(now)).rows
+    assert [r.event_unix for r in rows] == [to_unix(m) for m in times]
+
+
+def test_the_send_limit_in_seconds_never_lets_a_late_event_through(
+    freezer: FrozenDateTimeFactory,
+) -> None:
+    for fraction in (0, 1, 250_000, 999_999):
+        freezer.move_to(utcnow().replace(microsecond=fraction))
+        limit = send_limit(utcnow())
+        for offset in (-1_000_001, -1, 0, 1, 999_999, 1_000_000):
+            event_time = limit + timedelta(microseconds=offset)
+            fresh = to_unix(event_time) >= unix_limit(utcnow())
+            if event_time < limit:
+                assert not fresh, (fraction, offset)
+            elif event_time - limit >= timedelta(seconds=1):
+                assert fresh, (fraction, offset)  # late by under a second, at most
