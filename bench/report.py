@@ -431,10 +431,10 @@ def _baseline_section(base: dict[str, Any]) -> list[str]:
         "",
         f"{base['date']}. The ratios of the issues' targets moved with the machine, so the code "
         f"of {commit} (measured when issues #14, #16 and #17 were filed) ran again beside "
-        f"today's, alternating, {base['rounds']} round(s); the harness, the fakes and the "
-        "server configuration are today's for both. Medians. Ingest: "
+        f"today's, alternating; the harness, the fakes and the server configuration are "
+        f"today's for both. Medians. Ingest: {base['rounds']} round(s) of "
         f"{base['deliveries']:,} deliveries at 16 connections; dispatch: "
-        f"{base['events']:,} events.",
+        f"{base.get('dispatch_rounds', base['rounds'])} rounds of {base['events']:,} events.",
         "",
         *_against(ingest, "ingest", ("bare", "bare"), ("req/s", "rps"), old, backends),
         "",
