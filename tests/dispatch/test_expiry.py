@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
 from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import update
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from tests.conftest import WABA_ID
 from tests.dispatch.helpers import clid, conversions, enqueue_many, enqueue_one, one, setup_account
@@ -18,6 +20,7 @@ from waconv.conversions.dispatcher import SEND_MARGIN, Dispatcher, DispatchStats
 from waconv.conversions.events import MAX_EVENT_AGE
 from waconv.conversions.lease import give_back
 from waconv.conversions.schedule import send_limit, unix_limit
+from waconv.db import time_binder
 from waconv.graph.client import GraphClient
 from waconv.graph.fake import FakeGraph
 from waconv.models import Conversion
@@ -235,7 +238,8 @@ def test_the_claim_gives_each_event_time_in_the_unix_seconds_sent_to_meta(
 ) -> None:
     # The database computes them (unixepoch, EXTRACT EPOCH): the same truncated seconds as
     # clock.to_unix, microseconds and all.
-    times = [utcnow() - timedelta(days=6, microseconds=us) for us in (0, 1, 499_999, 999_999)]
+    second = (utcnow() - timedelta(days=6)).replace(microsecond=0)
+    times = [second + timedelta(microseconds=us) for us in (0, 1, 499_999, 999_500, 999_999)]
     for i, moment in enumerate(times):
         enqueue_many(ready, 1, prefix=f"t{i}-", event_time=moment)
     now = utcnow()
@@ -256,3 +260,20 @@ def test_the_send_limit_in_seconds_never_lets_a_late_event_through(
                 assert not fresh, (fraction, offset)
             elif event_time - limit >= timedelta(seconds=1):
                 assert fresh, (fraction, offset)  # late by under a second, at most
+
+
+def test_both_forms_of_sqlite_unix_seconds_agree_with_python() -> None:
+    # unixepoch() (SQLite 3.38+) and the strftime('%s') older SQLite gets, on times stored as
+    # the ORM stores them.
+    bind = time_binder(sqlite_dialect())
+    times = [datetime(2026, 12, 1, 23, 59, 59, us, tzinfo=UTC) for us in (0, 1, 999_999)]
+    times.append(datetime(2031, 1, 1, tzinfo=UTC))
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE conversions (event_time DATETIME)")
+    db.executemany("INSERT INTO conversions VALUES (?)", [(bind(t),) for t in times])
+    for form in queue.SQLITE_UNIX:
+        if form.startswith("unixepoch") and sqlite3.sqlite_version_info < (3, 38):
+            continue
+        query = f"SELECT {form} FROM conversions ORDER BY rowid"  # noqa: S608 (our constant)
+        got = [unix for (unix,) in db.execute(query)]
+        assert got == [to_unix(t) for t in times], form

@@ -91,14 +91,18 @@ _CLAIM_STREAM_SQL = (
     " AND event_time >= {oldest}{after} ORDER BY next_attempt_at, id LIMIT {limit}"
 )
 STREAM_ROWS = 32  # rows fetched at a time: at most this many read past the cap
-# event_time in whole Unix seconds (truncated, as clock.to_unix does). SQLite before 3.38 has
-# no unixepoch(); its strftime('%s') takes a quarter more instructions. PostgreSQL's
-# date_part is a double (its floor is the right second for any date before 2500): 0.12 ms of a
-# claim of 1,000, where EXTRACT's numeric took 0.27 (EXPLAIN ANALYZE).
+# event_time in whole Unix seconds, truncated as clock.to_unix does (the admin API rebuilds
+# the event sent with it). SQLite: the stored text ('YYYY-MM-DD HH:MM:SS.ffffff') without its
+# fraction, since SQLite's date functions round to the millisecond (.9995 became the next
+# second); before 3.38 there is no unixepoch(), and strftime('%s') takes a quarter more
+# instructions. PostgreSQL's date_part is a double (its floor is the right second for any date
+# before 2500): 0.12 ms of a claim of 1,000, where EXTRACT's numeric took 0.27 (EXPLAIN ANALYZE).
+SQLITE_UNIX = (
+    "unixepoch(substr(event_time, 1, 19))",
+    "CAST(strftime('%s', substr(event_time, 1, 19)) AS INTEGER)",
+)
 _EVENT_UNIX = {
-    "sqlite": "unixepoch(event_time)"
-    if sqlite3.sqlite_version_info >= (3, 38)
-    else "CAST(strftime('%s', event_time) AS INTEGER)",
+    "sqlite": SQLITE_UNIX[0] if sqlite3.sqlite_version_info >= (3, 38) else SQLITE_UNIX[1],
     "postgresql": "CAST(floor(date_part('epoch', event_time)) AS bigint)",
 }
 
