@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from flask import Flask
 from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy import update
@@ -236,7 +237,7 @@ def test_an_account_held_at_a_sweep_is_swept_by_that_dispatcher_when_it_holds_it
 def test_the_claim_gives_each_event_time_in_the_unix_seconds_sent_to_meta(
     ready: Services,
 ) -> None:
-    # The database computes them (unixepoch, EXTRACT EPOCH): the same truncated seconds as
+    # The database computes them (unixepoch, date_part): the same truncated seconds as
     # clock.to_unix, microseconds and all.
     second = (utcnow() - timedelta(days=6)).replace(microsecond=0)
     times = [second + timedelta(microseconds=us) for us in (0, 1, 499_999, 999_500, 999_999)]
@@ -262,13 +263,16 @@ def test_the_send_limit_in_seconds_never_lets_a_late_event_through(
                 assert fresh, (fraction, offset)  # late by under a second, at most
 
 
-def test_both_forms_of_sqlite_unix_seconds_agree_with_python() -> None:
+def test_both_forms_of_sqlite_unix_seconds_agree_with_python(
+    request: pytest.FixtureRequest,
+) -> None:
     # unixepoch() (SQLite 3.38+) and the strftime('%s') older SQLite gets, on times stored as
     # the ORM stores them.
     bind = time_binder(sqlite_dialect())
     times = [datetime(2026, 12, 1, 23, 59, 59, us, tzinfo=UTC) for us in (0, 1, 999_999)]
     times.append(datetime(2031, 1, 1, tzinfo=UTC))
     db = sqlite3.connect(":memory:")
+    request.addfinalizer(db.close)
     db.execute("CREATE TABLE conversions (event_time DATETIME)")
     db.executemany("INSERT INTO conversions VALUES (?)", [(bind(t),) for t in times])
     for form in queue.SQLITE_UNIX:
