@@ -11,7 +11,13 @@ from sqlalchemy import Text, cast, func, literal, select
 
 from tests import payloads as p
 from tests.conftest import encode
-from waconv.db import SQLITE_AUTOCHECKPOINT_PAGES, UTCDateTime, from_driver_time, time_binder
+from waconv.db import (
+    SQLITE_AUTOCHECKPOINT_PAGES,
+    UTCDateTime,
+    from_driver_time,
+    make_engine,
+    time_binder,
+)
 from waconv.models import WebhookDelivery
 from waconv.webhooks import ingest, processor
 
@@ -150,3 +156,14 @@ def test_times_given_to_the_driver_are_those_the_orm_writes(services, microsecon
     with services.db.autocommit_cursor(write=False) as cursor:
         cursor.execute(f"SELECT {services.db.placeholder}", (bound,))
         assert from_driver_time(cursor.fetchone()[0]) == moment
+
+
+def test_sqlite_keeps_its_statement_journals_in_memory(tmp_path):
+    # A multi-row INSERT inside a transaction, on a table with triggers, needs a statement
+    # journal: it must not spill to a file in the temporary directory.
+    engine = make_engine(f"sqlite:///{tmp_path / 'temp.sqlite3'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+    finally:
+        engine.dispose()

@@ -103,6 +103,12 @@ def _sqlite_pragmas(autocheckpoint: int, dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+    # A statement that writes many rows inside a transaction keeps a statement journal, and
+    # one on a table with triggers (the rollups' on conversions and clicks) always may need
+    # it: past 64 KiB SQLite spilled it to a file in /var/tmp, 16 writes per delivery the
+    # processor applied (strace). In memory: 2,954 -> 3,044 deliveries/s, 3 % less CPU
+    # (6 alternations of 3,000). Temporary tables and sorts stay in memory too; ours are small.
+    cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
 
 
