@@ -108,6 +108,8 @@ def _sqlite_pragmas(autocheckpoint: int, dbapi_conn: Any, _record: Any) -> None:
     # it: past 64 KiB SQLite spilled it to a file in /var/tmp, 16 writes per delivery the
     # processor applied (strace). In memory: 2,954 -> 3,044 deliveries/s, 3 % less CPU
     # (6 alternations of 3,000). Temporary tables and sorts stay in memory too; ours are small.
+    # (A VACUUM on such a connection would build its copy of the database in memory: waconv
+    # runs none; an operator's sqlite3 shell does not have this setting.)
     cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
 
