@@ -22,6 +22,7 @@ from waconv.accounts import registry
 from waconv.clock import isoformat
 from waconv.config import Settings
 from waconv.conversions.events import build_meta_event
+from waconv.db import id_list
 from waconv.models import Conversion, DispatchRequest, DispatchRequestConversion
 
 
@@ -47,8 +48,8 @@ class RequestRecord:
 
 REQUEST_FIELDS = tuple(RequestRecord.__dataclass_fields__)
 
-# The links of one request in one statement, the ids given as one text parameter (1,000 bound
-# parameters parse and plan slower than one array; see waconv.conversions.dispatcher._id_list).
+# The links of one request in one statement, the ids given as one text parameter
+# (waconv.db.id_list).
 _LINK_SQL = {
     "sqlite": (
         "INSERT INTO dispatch_request_conversions (request_id, conversion_id)"
@@ -61,11 +62,6 @@ _LINK_SQL = {
 }
 _LINK_STATEMENTS = {dialect: text(sql) for dialect, sql in _LINK_SQL.items()}
 _INSERT_REQUEST = insert(DispatchRequest).returning(DispatchRequest.id)
-
-
-def _ids_parameter(ids: Sequence[int], dialect: str) -> str:
-    joined = ",".join(str(int(i)) for i in ids)
-    return "{" + joined + "}" if dialect == "postgresql" else "[" + joined + "]"
 
 
 def record_request(
@@ -90,7 +86,7 @@ def record_request(
         dialect = conn.dialect.name
         conn.execute(
             _LINK_STATEMENTS[dialect],
-            {"request_id": request_id, "ids": _ids_parameter(conversion_ids, dialect)},
+            {"request_id": request_id, "ids": id_list(conversion_ids, dialect)},
         )
     return request_id
 
