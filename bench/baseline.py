@@ -58,7 +58,7 @@ def export(commit: str, workdir: Path) -> Path:
 
 def _worker(root: Path, what: list[str]) -> dict[str, Any]:
     """One measurement in a process whose ``waconv`` is ``root``'s."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(common.REPO)])}
+    env = {**os.environ, "PYTHONPATH": common.tree_path(root)}
     proc = subprocess.run(
         [common.PYTHON, "-m", "bench.baseline", "worker", str(root), *what],
         cwd=root,  # first on sys.path with -m

@@ -137,6 +137,12 @@ def wait_until(
 # -- server processes -------------------------------------------------------------------------
 
 
+def tree_path(root: Path) -> str:
+    """PYTHONPATH for a process whose ``waconv`` is ``root``'s (an exported earlier commit)
+    and whose ``bench`` is today's."""
+    return os.pathsep.join([str(root), str(REPO)])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,7 +184,7 @@ class Server:
         env = {**os.environ, **self.env}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if self.root != REPO:
-            env["PYTHONPATH"] = os.pathsep.join([str(self.root), str(REPO)])
+            env["PYTHONPATH"] = tree_path(self.root)
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             self.command(),

@@ -59,7 +59,7 @@ def worker(events: int, workdir: Path) -> None:
 
 def count(root: Path, events: int, workdir: Path, name: str) -> int:
     """Instructions of one dispatch run of ``root``'s waconv (its profile: workdir/name.cg)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(common.REPO)])}
+    env = {**os.environ, "PYTHONPATH": common.tree_path(root)}
     proc = subprocess.run(
         [
             "valgrind",
